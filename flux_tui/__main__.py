@@ -1,0 +1,5 @@
+import sys
+
+from flux_tui.main import main
+
+sys.exit(main())

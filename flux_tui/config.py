@@ -1,0 +1,521 @@
+"""`experiments.toml`: parsing, validation with file/line/key messages, and expansion into experiments.
+
+The file has an optional `[workspace]` table, a `[defaults]` table holding every training and evaluation
+setting, `[[experiment]]` rows that override defaults, and `[[sweep]]` tables whose list values expand to
+their cartesian product. Nothing here imports torch: the names of schedulers and precisions that the engine
+accepts are listed here and a test keeps them in step with diffusers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_FILE = "experiments.toml"
+
+# diffusers.optimization.SchedulerType, kept here so the core never imports diffusers.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "piecewise_constant",
+)
+PRECISIONS = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+QUANTIZE = ("none", "int8", "nf4")
+WEIGHTING = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Settings(BaseModel):
+    """Every training and evaluation setting of one run. Keys follow the study and diffusers' script."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # -- model and data
+    base_model: str = Field("black-forest-labs/FLUX.1-dev", description="a hub id or a local folder")
+    revision: str | None = Field(None, description="a hub revision (branch, tag or commit)")
+    data_dir: str = Field("photos", description="a folder of photos of the subject")
+    instance_prompt: str = Field("a photo of cr7man", min_length=1, description="a non-empty prompt")
+    trigger_token: str = Field("cr7man", min_length=1, description="the subject's trigger token")
+    real_name: str | None = Field(None, description="the subject's real name, for the ablation")
+    resolution: PosInt = Field(1024, description="a positive multiple of 16 (pixels)")
+    random_flip: bool = Field(False, description="true or false")
+    # -- training
+    train_batch_size: PosInt = Field(1, description="an integer >= 1")
+    gradient_accumulation_steps: PosInt = Field(1, description="an integer >= 1")
+    learning_rate: float = Field(1e-4, gt=0, description="a number > 0")
+    lora_rank: PosInt = Field(16, description="an integer >= 1")
+    lora_alpha: PosInt | None = Field(None, description="an integer >= 1 (default: equal to lora_rank)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="a number in [0, 1)")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"],
+        min_length=1,
+        description="a non-empty list of module names",
+    )
+    max_train_steps: PosInt = Field(1000, description="an integer >= 1")
+    lr_scheduler: Literal[SCHEDULERS] = Field("constant", description=f"one of {', '.join(SCHEDULERS)}")  # type: ignore[valid-type]
+    lr_warmup_steps: NonNegInt = Field(0, description="an integer >= 0")
+    optimizer: Literal[OPTIMIZERS] = Field("adamw", description=f"one of {', '.join(OPTIMIZERS)}")  # type: ignore[valid-type]
+    adam_weight_decay: float = Field(1e-4, ge=0, description="a number >= 0")
+    max_grad_norm: float = Field(1.0, gt=0, description="a number > 0")
+    mixed_precision: Literal[PRECISIONS] = Field("bf16", description=f"one of {', '.join(PRECISIONS)}")  # type: ignore[valid-type]
+    quantize: Literal[QUANTIZE] = Field("none", description=f"one of {', '.join(QUANTIZE)}")  # type: ignore[valid-type]
+    gradient_checkpointing: bool = Field(True, description="true or false")
+    guidance_scale: float = Field(3.5, ge=0, description="the guidance embedding used in training, >= 0")
+    weighting_scheme: Literal[WEIGHTING] = Field("none", description=f"one of {', '.join(WEIGHTING)}")  # type: ignore[valid-type]
+    max_sequence_length: PosInt = Field(512, le=512, description="an integer in 1..512")
+    seed: int = Field(42, description="an integer")
+    checkpointing_steps: PosInt = Field(250, description="an integer >= 1")
+    checkpoints_total_limit: PosInt = Field(2, description="an integer >= 1")
+    sample_every: NonNegInt = Field(250, description="an integer >= 0 (0: no samples)")
+    sample_prompts: list[str] = Field(default_factory=list, description="a list of prompts")
+    # -- evaluation
+    eval_prompts: list[str] = Field(
+        default_factory=lambda: ["a photo of cr7man"], min_length=1, description="a non-empty list of prompts"
+    )
+    guidance_scales: list[float] = Field(
+        default_factory=lambda: [5.0], min_length=1, description="a non-empty list of numbers"
+    )
+    images_per_prompt: PosInt = Field(1, description="an integer >= 1")
+    num_inference_steps: PosInt = Field(28, description="an integer >= 1")
+    eval_seed: int = Field(0, description="an integer")
+    eval_resolution: PosInt | None = Field(None, description="a positive multiple of 16 (default: resolution)")
+    clip_model: str = Field("openai/clip-vit-large-patch14", description="a hub id or a local folder")
+    face_weights: str | None = Field(None, description="a vggface2 weights file (default: torch hub cache)")
+    eval_checkpoints: bool = Field(False, description="true or false")
+
+    @field_validator("resolution", "eval_resolution")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None) -> int | None:
+        if v is not None and v % 16:
+            raise ValueError(f"must be a multiple of 16 (try {max(16, round(v / 16) * 16)})")
+        return v
+
+    @field_validator("eval_prompts", "sample_prompts", "lora_target_modules")
+    @classmethod
+    def _no_empty_strings(cls, v: list[str]) -> list[str]:
+        for i, s in enumerate(v):
+            if not s.strip():
+                raise ValueError(f"item {i + 1} is empty")
+        return v
+
+    @property
+    def alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else self.lora_rank
+
+
+SETTING_KEYS = tuple(Settings.model_fields)
+EVAL_KEYS = frozenset(
+    {
+        "eval_prompts", "guidance_scales", "images_per_prompt", "num_inference_steps", "eval_seed",
+        "eval_resolution", "clip_model", "face_weights", "eval_checkpoints", "real_name",
+    }
+)  # fmt: skip
+PATH_KEYS = ("data_dir", "face_weights")
+ROW_KEYS = ("name", "number", "group", "description")
+WORKSPACE_KEYS = ("runs_dir", "cache_dir", "runs_per_gpu")
+TOP_KEYS = ("workspace", "defaults", "experiment", "sweep")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the file. `line` is 1-based, or None when it cannot be placed."""
+
+    file: Path
+    line: int | None
+    key: str | None
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else f"{self.file}"
+        key = f" {self.key}:" if self.key else ""
+        tag = "" if self.severity == "error" else " warning:"
+        return f"{where}:{tag}{key} {self.message}"
+
+
+class ConfigError(Exception):
+    """The file cannot be used; `problems` lists every reason (warnings included)."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    number: int
+    group: str
+    settings: Settings
+    description: str = ""
+    line: int | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.settings.model_dump(mode="json")
+
+    @property
+    def train_hash(self) -> str:
+        return _hash({k: v for k, v in self.config_dict().items() if k not in EVAL_KEYS})
+
+    @property
+    def config_hash(self) -> str:
+        return _hash(self.config_dict())
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    runs_dir: Path
+    cache_dir: Path
+    runs_per_gpu: int = 1
+
+
+@dataclass
+class Study:
+    """A parsed, validated file: its workspace and its experiments in file order."""
+
+    file: Path
+    workspace: Workspace
+    experiments: list[Experiment]
+    warnings: list[Problem] = field(default_factory=list)
+
+    def get(self, name: str) -> Experiment:
+        for exp in self.experiments:
+            if exp.name == name:
+                return exp
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experiments]
+
+
+def _hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- locating keys in the source ----------------------------------------------------------------------
+
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+class _Locator:
+    """Maps (table, index, key) to a line number by scanning the text; tomllib keeps no positions."""
+
+    def __init__(self, text: str):
+        self.tables: dict[tuple[str, int], int] = {}
+        self.keys: dict[tuple[str, int, str], int] = {}
+        counts: dict[str, int] = {}
+        current = ("", 0)
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            m = _HEADER_RE.match(line)
+            if m:
+                name = m.group(2)
+                if m.group(1) == "[[":
+                    idx = counts.get(name, 0)
+                    counts[name] = idx + 1
+                else:
+                    idx = 0
+                current = (name, idx)
+                self.tables.setdefault(current, lineno)
+                continue
+            m = _KEY_RE.match(line)
+            if m:
+                self.keys.setdefault((current[0], current[1], m.group(1)), lineno)
+
+    def line(self, table: str, index: int = 0, key: str | None = None) -> int | None:
+        if key is not None and (table, index, key) in self.keys:
+            return self.keys[(table, index, key)]
+        return self.tables.get((table, index))
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, file: Path, locator: _Locator):
+        self.file = file
+        self.loc = locator
+        self.problems: list[Problem] = []
+
+    def add(self, table: str, index: int, key: str | None, message: str, severity: str = "error") -> None:
+        label = _table_label(table, index)
+        shown_key = f"{label}.{key}" if key else label
+        self.problems.append(
+            Problem(self.file, self.loc.line(table, index, key), shown_key, message, severity)  # type: ignore[arg-type]
+        )
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _table_label(table: str, index: int) -> str:
+    if table in ("experiment", "sweep"):
+        return f"[[{table}]] #{index + 1}"
+    return f"[{table}]" if table else "(top level)"
+
+
+def _suggest(key: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | list) else repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _check_settings(col: _Collector, table: str, index: int, values: dict[str, Any]) -> Settings | None:
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else None
+            field_info = Settings.model_fields.get(key or "")
+            expected = field_info.description if field_info else None
+            msg = err["msg"]
+            if err["type"] in ("value_error", "assertion_error"):
+                msg = msg.removeprefix("Value error, ")
+            got = err.get("input")
+            text = f"expected {expected}, got {_describe(got)}" if expected else msg
+            if err["type"] == "value_error":
+                text = f"{msg}; expected {expected}, got {_describe(got)}"
+            # Report against the row that holds the key, else against the defaults.
+            col.add(table, index, key, text)
+        return None
+
+
+def _resolve_paths(values: dict[str, Any], root: Path) -> dict[str, Any]:
+    out = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str):
+            out[key] = str((root / Path(out[key]).expanduser()).resolve())
+    for key in ("base_model", "clip_model"):
+        v = out.get(key)
+        if isinstance(v, str) and (v.startswith((".", "/", "~")) or (root / v).is_dir()):
+            out[key] = str((root / Path(v).expanduser()).resolve())
+    return out
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and abs(v) < 0.01:
+            mant, exp = f"{v:.0e}".split("e")
+            return f"{mant}e{int(exp)}"
+        return f"{v:g}"
+    return str(v)
+
+
+_ABBREV = {"learning_rate": "lr", "lora_rank": "r", "lora_alpha": "a", "max_train_steps": "s", "resolution": "px"}
+
+
+def _sweep_name(prefix: str, combo: dict[str, Any]) -> str:
+    parts = [prefix] if prefix else []
+    for key, value in combo.items():
+        abbrev = _ABBREV.get(key, "" if key == "lr_scheduler" else key)
+        parts.append(f"{abbrev}{_fmt_value(value)}")
+    return "-".join(parts)
+
+
+def parse_text(text: str, file: Path) -> Study:
+    """Parse and validate; raises ConfigError listing every problem. `file` locates relative paths."""
+    file = Path(file)
+    root = file.resolve().parent
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(
+            [Problem(file, int(m.group(1)) if m else None, None, f"TOML syntax error: {exc}")]
+        ) from None
+    col = _Collector(file, _Locator(text))
+
+    for key in data:
+        if key not in TOP_KEYS:
+            col.add("", 0, key, f"unknown table{_suggest(key, TOP_KEYS)}; expected one of {', '.join(TOP_KEYS)}")
+
+    ws_raw = data.get("workspace", {})
+    workspace = _parse_workspace(col, ws_raw, root)
+
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        col.add("", 0, "defaults", "expected a table [defaults]")
+        defaults = {}
+    for key in defaults:
+        if key not in SETTING_KEYS:
+            col.add("defaults", 0, key, f"unknown key{_suggest(key, SETTING_KEYS)}")
+    defaults = {k: v for k, v in defaults.items() if k in SETTING_KEYS}
+    base = _check_settings(col, "defaults", 0, _resolve_paths(defaults, root))
+
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    for kind in ("experiment", "sweep"):
+        items = data.get(kind, [])
+        if not isinstance(items, list):
+            col.add("", 0, kind, f"expected [[{kind}]] tables (an array of tables)")
+            continue
+        for i, row in enumerate(items):
+            rows.append((kind, i, row))
+
+    experiments: list[Experiment] = []
+    rows_by_origin = {(kind, i): row for kind, i, row in rows}
+    seen: dict[str, tuple[str, int]] = {}
+    number = 0
+    for kind, i, row in rows:
+        for key in row:
+            if key not in SETTING_KEYS and key not in ROW_KEYS:
+                col.add(kind, i, key, f"unknown key{_suggest(key, SETTING_KEYS + ROW_KEYS)}")
+        overrides = {k: v for k, v in row.items() if k in SETTING_KEYS}
+        meta_ok = True
+        for key, typ, label in (("name", str, "a string"), ("group", str, "a string"),
+                                ("description", str, "a string"), ("number", int, "an integer >= 1")):  # fmt: skip
+            if key in row and (not isinstance(row[key], typ) or isinstance(row[key], bool)):
+                col.add(kind, i, key, f"expected {label}, got {_describe(row[key])}")
+                meta_ok = False
+        if "number" in row and meta_ok and row["number"] < 1:
+            col.add(kind, i, "number", f"expected an integer >= 1, got {row['number']}")
+        if not meta_ok:
+            continue
+        if kind == "experiment":
+            combos = [overrides]
+        else:
+            varied = {k: v for k, v in overrides.items() if isinstance(v, list) and k not in _LIST_KEYS}
+            varied.update(
+                {k: v for k, v in overrides.items() if k in _LIST_KEYS and v and isinstance(v[0], list)}
+            )
+            if not varied:
+                col.add(kind, i, None, "a sweep needs at least one key with a list of values to expand")
+                continue
+            if any(len(v) == 0 for v in varied.values()):
+                empty = next(k for k, v in varied.items() if len(v) == 0)
+                col.add(kind, i, empty, "expected a non-empty list of values to sweep")
+                continue
+            fixed = {k: v for k, v in overrides.items() if k not in varied}
+            combos = [
+                {**fixed, **dict(zip(varied, values, strict=True))}
+                for values in itertools.product(*varied.values())
+            ]
+        for combo in combos:
+            number = row.get("number", number + 1) if kind == "experiment" else number + 1
+            if kind == "experiment":
+                name = row.get("name") or f"exp{number:02d}"
+            else:
+                name = _sweep_name(row.get("name", "sweep"), {k: combo[k] for k in varied})
+            if not NAME_RE.match(name) or ".." in name:
+                col.add(kind, i, "name", f"unsafe run name {name!r}: use letters, digits, '.', '_', '-', '+' "
+                        "(it names a folder under runs/; no path separators or '..')")  # fmt: skip
+                continue
+            if name in seen:
+                other = seen[name]
+                other_line = col.loc.line(other[0], other[1], "name") or col.loc.line(other[0], other[1])
+                col.add(kind, i, "name", f"duplicate run name {name!r} (also at line {other_line})")
+                continue
+            seen[name] = (kind, i)
+            values = _resolve_paths({**defaults, **combo}, root)
+            settings = _check_settings(col, kind, i, values) if base is not None else None
+            if settings is None:
+                continue
+            experiments.append(
+                Experiment(
+                    name=name,
+                    number=number,
+                    group=row.get("group", "" if kind == "experiment" else f"sweep {row.get('name', '')}".strip()),
+                    settings=settings,
+                    description=row.get("description", ""),
+                    line=col.loc.line(kind, i),
+                )
+            )
+
+    if not rows and base is not None:
+        # A file with only defaults is one experiment, named after the file's folder.
+        experiments.append(Experiment(name="default", number=1, group="", settings=base))
+
+    for exp in experiments:
+        if not Path(exp.settings.data_dir).is_dir():
+            kind, i = seen.get(exp.name, ("defaults", 0))
+            kind_i = (kind, i) if "data_dir" in rows_by_origin.get((kind, i), {}) else ("defaults", 0)
+            col.add(*kind_i, "data_dir", f"folder {exp.settings.data_dir} does not exist "
+                    "(a warning now; launching a run will fail)", "warning")  # fmt: skip
+    _dedupe_warnings(col)
+    if col.errors:
+        raise ConfigError(col.problems)
+    assert workspace is not None
+    return Study(file=file, workspace=workspace, experiments=experiments, warnings=col.problems)
+
+
+# Keys whose value is itself a list: in a sweep they expand only when given a list of lists.
+_LIST_KEYS = frozenset({"eval_prompts", "guidance_scales", "sample_prompts", "lora_target_modules"})
+
+
+def _dedupe_warnings(col: _Collector) -> None:
+    seen: set[str] = set()
+    kept = []
+    for p in col.problems:
+        if p.severity == "warning":
+            if p.message in seen:
+                continue
+            seen.add(p.message)
+        kept.append(p)
+    col.problems = kept
+
+
+def _parse_workspace(col: _Collector, raw: Any, root: Path) -> Workspace | None:
+    if not isinstance(raw, dict):
+        col.add("", 0, "workspace", "expected a table [workspace]")
+        return None
+    for key in raw:
+        if key not in WORKSPACE_KEYS:
+            col.add("workspace", 0, key, f"unknown key{_suggest(key, WORKSPACE_KEYS)}")
+    ok = True
+    for key in ("runs_dir", "cache_dir"):
+        if key in raw and not isinstance(raw[key], str):
+            col.add("workspace", 0, key, f"expected a folder path (string), got {_describe(raw[key])}")
+            ok = False
+    per_gpu = raw.get("runs_per_gpu", 1)
+    if not isinstance(per_gpu, int) or isinstance(per_gpu, bool) or per_gpu < 1:
+        col.add("workspace", 0, "runs_per_gpu", f"expected an integer >= 1, got {_describe(per_gpu)}")
+        ok = False
+    if not ok:
+        return None
+    return Workspace(
+        root=root,
+        runs_dir=(root / raw.get("runs_dir", "runs")).resolve(),
+        cache_dir=(root / raw.get("cache_dir", ".flux-tui/cache")).resolve(),
+        runs_per_gpu=per_gpu,
+    )
+
+
+def load(path: str | Path = DEFAULT_FILE) -> Study:
+    """Read and validate a study file. Raises ConfigError (with every problem) when it is unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(path, None, None, "file not found")]) from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise ConfigError([Problem(path, None, None, f"cannot read: {exc}")]) from None
+    return parse_text(text, path)
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Rebuild the resolved settings stored in a run folder's run.json."""
+    return Settings(**data)

@@ -1,0 +1,1 @@
+"""Everything that imports torch: training, generation, scoring. Runs only in subprocesses."""

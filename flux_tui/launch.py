@@ -1,0 +1,88 @@
+"""Starting a run's process: the one place that knows the command line of a run.
+
+A run is `python -m flux_tui.engine.train RUN_DIR` in its own session (so it survives the dashboard and the
+SSH connection), its output appended to `train.log`. A per-run lock file makes check-then-launch atomic, so
+two dashboards (or a dashboard and `flux-tui run`) never start the same run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+
+from flux_tui import procs
+from flux_tui.runs import RUNNING, RunDir
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def engine_command(run: RunDir, *extra: str) -> list[str]:
+    return [sys.executable, "-u", "-m", "flux_tui.engine.train", str(run.path), *extra]
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """An exclusive lock on the run folder for the moment of check-and-launch (flock: freed on exit)."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    with open(run.path / ".launch.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def start(
+    run: RunDir,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    device: str | None = None,
+    detach: bool = True,
+) -> subprocess.Popen:
+    """Start the run's process. Raises AlreadyRunning when a live process already owns the run.
+
+    detach=True: its own session, output to train.log (the dashboard's way). detach=False: same session
+    and the caller reads the output (the foreground `flux-tui run`, where Ctrl-C reaches the run too).
+    """
+    with run_lock(run):
+        status = run.status()
+        if status.state == RUNNING and run.is_process_alive(status):
+            raise AlreadyRunning(f"run {run.name!r} is already running (pid {status.pid})")
+        child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        cmd = engine_command(run, *extra_args)
+        if detach:
+            with open(run.train_log, "ab") as log:
+                log.write(f"\n=== launched {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, env=child_env, cwd=run.path,
+                )  # fmt: skip
+        else:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=child_env, cwd=run.path,
+            )  # fmt: skip
+        # Record the pid at once, so a dashboard that looks now already sees the run as its owner's.
+        run.write_status(
+            state=RUNNING,
+            stage="starting",
+            pid=proc.pid,
+            pgid=proc.pid if detach else os.getpgid(0),
+            process_start=procs.start_time(proc.pid),
+            host=socket.gethostname(),
+            started_at=time.time(),
+            finished_at=None,
+            exit_code=None,
+            message="",
+            device=device,
+        )
+        return proc

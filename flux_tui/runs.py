@@ -1,0 +1,275 @@
+"""Run folders: the one module through which every wing reads and writes `runs/<name>/`.
+
+The folder is the truth. A run's process writes `status.json` (atomically), `events.jsonl` and `train.log`;
+the dashboard and the CLI only read them, and rebuild everything from disk after a restart.
+
+    runs/<name>/
+        run.json        resolved config, its hashes, where it came from
+        status.json     state, stage, pid + process start time, timestamps, exit code, message
+        train.log       everything the process printed
+        events.jsonl    one JSON record per line: steps, samples, checkpoints, stages
+        lora/           pytorch_lora_weights.safetensors (diffusers format)
+        checkpoints/    checkpoint-<step>/
+        samples/        step_<N>/*.png, eval/*.png
+        scores.json     evaluation scores
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from flux_tui import procs
+from flux_tui.config import EVAL_KEYS, Experiment, Study
+from flux_tui.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
+
+# States a run can be in. `new` is a run with no folder (or no status yet).
+NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM = "new", "queued", "running", "done", "failed", "cancelled", "oom"
+STATES = (NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM)
+FINISHED = frozenset({DONE, FAILED, CANCELLED, OOM})
+STAGES = ("prepare", "train", "generate", "score")
+
+
+@dataclass
+class Status:
+    state: str = NEW
+    stage: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    process_start: float | None = None  # psutil create_time of `pid`, to tell a reused pid apart
+    host: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    device: str | None = None  # "cpu" or "cuda:N" (the physical GPU index)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Status:
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def label(self) -> str:
+        """What a table shows: the state, with the stage while running (`running:train`)."""
+        return f"{self.state}:{self.stage}" if self.state == RUNNING and self.stage else self.state
+
+
+class RunDir:
+    """One run's folder. Cheap to construct; every read goes to disk."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- paths
+    run_json = property(lambda self: self.path / "run.json")
+    status_json = property(lambda self: self.path / "status.json")
+    train_log = property(lambda self: self.path / "train.log")
+    events_jsonl = property(lambda self: self.path / "events.jsonl")
+    lora_dir = property(lambda self: self.path / "lora")
+    lora_file = property(lambda self: self.path / "lora" / "pytorch_lora_weights.safetensors")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    samples_dir = property(lambda self: self.path / "samples")
+    eval_dir = property(lambda self: self.path / "samples" / "eval")
+    data_dir = property(lambda self: self.path / "data")  # the prepared training images
+    scores_json = property(lambda self: self.path / "scores.json")
+
+    def exists(self) -> bool:
+        return self.run_json.exists()
+
+    # -- config
+    def read_run(self) -> dict[str, Any] | None:
+        data = read_json(self.run_json)
+        return data if isinstance(data, dict) else None
+
+    def config(self) -> dict[str, Any]:
+        """The resolved settings the run was (or will be) trained with."""
+        run = self.read_run() or {}
+        return dict(run.get("config", {}))
+
+    def write_run(self, experiment: Experiment, study: Study) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.run_json,
+            {
+                "name": experiment.name,
+                "number": experiment.number,
+                "group": experiment.group,
+                "description": experiment.description,
+                "config": experiment.config_dict(),
+                "config_hash": experiment.config_hash,
+                "train_hash": experiment.train_hash,
+                "study_file": str(Path(study.file).resolve()),
+                "workspace": str(study.workspace.root),
+                "cache_dir": str(study.workspace.cache_dir),
+                "created_at": time.time(),
+            },
+        )
+
+    def changed_keys(self, experiment: Experiment) -> list[str]:
+        """Settings whose value differs between the run's folder and the file now (empty: not stale)."""
+        stored = self.config()
+        if not stored:
+            return []
+        current = experiment.config_dict()
+        return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+    def stale(self, experiment: Experiment) -> str | None:
+        """None when the folder matches the file, else a one-line reason naming the changed keys."""
+        keys = self.changed_keys(experiment)
+        if not keys:
+            return None
+        train = [k for k in keys if k not in EVAL_KEYS]
+        which = "training" if train else "evaluation"
+        return f"{which} settings changed since it ran: {', '.join(train or keys)}"
+
+    # -- status
+    def status(self) -> Status:
+        return Status.from_dict(read_json(self.status_json))
+
+    def write_status(self, **changes: Any) -> Status:
+        """Merge `changes` into status.json, written atomically. Returns the new status."""
+        current = asdict(self.status())
+        current.update(changes)
+        current["updated_at"] = time.time()
+        status = Status.from_dict(current)
+        atomic_write_json(self.status_json, asdict(status))
+        return status
+
+    def mark_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
+        pid = pid or os.getpid()
+        return self.write_status(
+            state=RUNNING,
+            stage=stage,
+            pid=pid,
+            pgid=_pgid(pid),
+            process_start=procs.start_time(pid),
+            host=socket.gethostname(),
+            started_at=time.time(),
+            finished_at=None,
+            exit_code=None,
+            message="",
+            log_tail=[],
+            device=device,
+        )
+
+    def mark_finished(self, state: str, message: str = "", exit_code: int | None = None) -> Status:
+        return self.write_status(
+            state=state,
+            finished_at=time.time(),
+            exit_code=exit_code,
+            message=message,
+            log_tail=self.log_tail(20) if state in (FAILED, OOM) else [],
+        )
+
+    def is_process_alive(self, status: Status | None = None) -> bool:
+        status = status or self.status()
+        if status.host and status.host != socket.gethostname():
+            return True  # another machine's process: we cannot tell, so we do not touch it
+        return procs.is_alive(status.pid, status.process_start)
+
+    def reconcile(self) -> Status:
+        """A run marked running whose process is gone is failed, with the reason. Returns the status."""
+        status = self.status()
+        if status.state == RUNNING and not self.is_process_alive(status):
+            return self.mark_finished(
+                FAILED, f"process {status.pid} vanished while {status.stage or 'running'} (killed or crashed)"
+            )
+        return status
+
+    # -- events, logs, results
+    def events(self) -> list[dict[str, Any]]:
+        return list(iter_jsonl(self.events_jsonl))
+
+    def iter_events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        for ev in iter_jsonl(self.events_jsonl):
+            if kind is None or ev.get("type") == kind:
+                yield ev
+
+    def append_event(self, kind: str, **data: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.events_jsonl, {"type": kind, "t": round(time.time(), 3), **data})
+
+    def log_tail(self, n: int = 20) -> list[str]:
+        try:
+            with open(self.train_log, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - 64 * 1024))
+                lines = fh.read().decode("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return lines[-n:]
+
+    def scores(self) -> dict[str, Any] | None:
+        data = read_json(self.scores_json)
+        return data if isinstance(data, dict) else None
+
+    def checkpoints(self) -> list[Path]:
+        """Saved checkpoints, oldest first (by step)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else None
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def run_dir(study: Study, name: str) -> RunDir:
+    return RunDir(study.workspace.runs_dir / name)
+
+
+def prepare(study: Study, experiment: Experiment) -> RunDir:
+    """Create or refresh the folder of a run about to start. run.json is rewritten only when the run has
+    no training yet (a stale run with a LoRA must be reset by the user, never silently mixed)."""
+    run = run_dir(study, experiment.name)
+    stored = run.read_run()
+    if stored is None or not run.lora_file.exists() and not run.checkpoints():
+        run.write_run(experiment, study)
+    elif stored.get("train_hash") != experiment.train_hash:
+        raise StaleRunError(run, run.stale(experiment) or "settings changed")
+    elif stored.get("config_hash") != experiment.config_hash:
+        run.write_run(experiment, study)  # only evaluation settings changed: the LoRA stays valid
+    return run
+
+
+class StaleRunError(Exception):
+    def __init__(self, run: RunDir, reason: str):
+        self.run = run
+        super().__init__(
+            f"run {run.name!r} was trained with other settings ({reason}); "
+            f"reset it (delete {run.path}) or give the experiment a new name"
+        )
+
+
+def elapsed(status: Status, now: float | None = None) -> float | None:
+    if status.started_at is None:
+        return None
+    end = status.finished_at if status.state in FINISHED and status.finished_at else (now or time.time())
+    return max(0.0, end - status.started_at)
