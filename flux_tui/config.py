@@ -103,7 +103,8 @@ class Settings(BaseModel):
     @classmethod
     def _multiple_of_16(cls, v: int | None) -> int | None:
         if v is not None and v % 16:
-            raise ValueError(f"must be a multiple of 16 (try {max(16, round(v / 16) * 16)})")
+            lower, upper = v // 16 * 16, (v // 16 + 1) * 16
+            raise ValueError(f"must be a multiple of 16 (try {f'{lower} or ' if lower else ''}{upper})")
         return v
 
     @field_validator("eval_prompts", "sample_prompts", "lora_target_modules")
@@ -244,6 +245,8 @@ class _Locator:
     def line(self, table: str, index: int = 0, key: str | None = None) -> int | None:
         if key is not None and (table, index, key) in self.keys:
             return self.keys[(table, index, key)]
+        if not table and key is not None:  # a top-level table: its header line
+            return self.tables.get((key, 0))
         return self.tables.get((table, index))
 
 
@@ -258,7 +261,7 @@ class _Collector:
 
     def add(self, table: str, index: int, key: str | None, message: str, severity: str = "error") -> None:
         label = _table_label(table, index)
-        shown_key = f"{label}.{key}" if key else label
+        shown_key = (f"{label}.{key}" if table else key) if key else label
         self.problems.append(
             Problem(self.file, self.loc.line(table, index, key), shown_key, message, severity)  # type: ignore[arg-type]
         )
@@ -318,6 +321,8 @@ def _resolve_paths(values: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 def _fmt_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "+".join(_fmt_value(x) for x in v)
     if isinstance(v, float):
         if v != 0 and abs(v) < 0.01:
             mant, exp = f"{v:.0e}".split("e")
@@ -326,7 +331,8 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
-_ABBREV = {"learning_rate": "lr", "lora_rank": "r", "lora_alpha": "a", "max_train_steps": "s", "resolution": "px"}
+_ABBREV = {"learning_rate": "lr", "lora_rank": "r", "lora_alpha": "a", "max_train_steps": "s", "resolution": "px",
+           "guidance_scales": "g", "lr_warmup_steps": "w", "train_batch_size": "bs"}
 
 
 def _sweep_name(prefix: str, combo: dict[str, Any]) -> str:

@@ -1,0 +1,203 @@
+"""The study file: the shipped sweep, sweeps, and one test per kind of mistake a user makes."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flux_tui import config
+from flux_tui.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = {
+    # number: (group, lr, rank, steps, scheduler)
+    1: ("Extreme parameters", 1e-3, 8, 500, "cosine"),
+    2: ("Extreme parameters", 1e-4, 32, 1500, "cosine"),
+    3: ("Extreme parameters", 5e-4, 16, 1000, "cosine"),
+    4: ("Fixed-step variations", 1e-3, 8, 1000, "cosine"),
+    5: ("Fixed-step variations", 1e-4, 32, 1000, "cosine"),
+    6: ("Fixed-step variations", 1e-3, 32, 1000, "cosine"),
+    7: ("Fixed-step variations", 1e-4, 8, 1000, "cosine"),
+    8: ("Step count effects", 5e-4, 16, 500, "cosine"),
+    9: ("Step count effects", 5e-4, 16, 1500, "cosine"),
+    10: ("Expressiveness vs fast training", 1e-3, 32, 500, "cosine"),
+    11: ("LR scheduler impact", 5e-4, 16, 1000, "constant"),
+}
+
+
+def test_shipped_file_reproduces_the_study() -> None:
+    study = config.load(REPO / "experiments.toml")
+    assert len(study.experiments) == 11
+    for exp in study.experiments:
+        group, lr, rank, steps, sched = STUDY[exp.number]
+        s = exp.settings
+        assert (exp.group, s.learning_rate, s.lora_rank, s.max_train_steps, s.lr_scheduler) == (
+            group, lr, rank, steps, sched,
+        )  # fmt: skip
+        assert s.alpha == s.lora_rank  # the study's script forced alpha = rank
+        assert s.base_model == "black-forest-labs/FLUX.1-dev"
+        assert s.instance_prompt == "a photo of cr7man"
+        assert s.resolution == 1024 and s.guidance_scales == [5.0]
+        assert len(s.eval_prompts) == 11 and "cr7man holding a trophy" in s.eval_prompts
+    # Paths resolve relative to the file, whatever the current directory.
+    assert study.experiments[0].settings.data_dir == str(REPO / "photos")
+    assert study.workspace.runs_dir == REPO / "runs"
+
+
+def write(tmp_path: Path, body: str, name: str = "experiments.toml") -> Path:
+    (tmp_path / "photos").mkdir(exist_ok=True)
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+GOOD_HEAD = """
+[defaults]
+data_dir = "photos"
+resolution = 512
+
+[[experiment]]
+name = "a"
+learning_rate = 1e-4
+"""
+
+
+def test_minimal_file_and_defaults(tmp_path: Path) -> None:
+    study = config.load(write(tmp_path, GOOD_HEAD))
+    (exp,) = study.experiments
+    assert exp.name == "a" and exp.number == 1 and exp.settings.resolution == 512
+    assert exp.settings.data_dir == str(tmp_path / "photos")
+    assert study.warnings == []
+
+
+def test_sweep_expands_cartesian_product_with_generated_names(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [defaults]
+        data_dir = "photos"
+
+        [[experiment]]
+        name = "base"
+
+        [[sweep]]
+        name = "grid"
+        group = "LR x rank"
+        learning_rate = [1e-4, 5e-4]
+        lora_rank = [8, 16, 32]
+        max_train_steps = 300
+        eval_prompts = ["a photo of cr7man"]
+        """,
+    )
+    study = config.load(path)
+    names = study.names
+    assert names[0] == "base"
+    assert len(names) == 7 and len(set(names)) == 7
+    assert "grid-lr1e-4-r8" in names and "grid-lr5e-4-r32" in names
+    swept = [e for e in study.experiments if e.group == "LR x rank"]
+    assert {(e.settings.learning_rate, e.settings.lora_rank) for e in swept} == {
+        (lr, r) for lr in (1e-4, 5e-4) for r in (8, 16, 32)
+    }
+    # Fixed keys of the sweep apply to every combination; a list-valued key is not swept.
+    assert all(e.settings.max_train_steps == 300 for e in swept)
+    assert all(e.settings.eval_prompts == ["a photo of cr7man"] for e in swept)
+    assert [e.number for e in study.experiments] == list(range(1, 8))
+
+
+def test_sweep_over_a_list_valued_key_takes_a_list_of_lists(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [defaults]
+        data_dir = "photos"
+        [[sweep]]
+        name = "g"
+        guidance_scales = [[3.5], [5.0]]
+        """,
+    )
+    study = config.load(path)
+    assert [e.settings.guidance_scales for e in study.experiments] == [[3.5], [5.0]]
+    assert study.names == ["g-g3.5", "g-g5"]
+
+
+def test_hashes_separate_training_from_evaluation(tmp_path: Path) -> None:
+    a = config.load(write(tmp_path, GOOD_HEAD)).experiments[0]
+    b = config.load(write(tmp_path, GOOD_HEAD + 'eval_prompts = ["x"]\n')).experiments[0]
+    c = config.load(write(tmp_path, GOOD_HEAD + "lora_rank = 4\n")).experiments[0]
+    assert a.train_hash == b.train_hash and a.config_hash != b.config_hash
+    assert a.train_hash != c.train_hash
+
+
+# One mistake per file: (body, line, key fragment, message fragment).
+BAD = [
+    pytest.param(GOOD_HEAD + "lerning_rate = 1e-4\n", 8, "lerning_rate", "did you mean 'learning_rate'", id="typo-key"),
+    pytest.param(GOOD_HEAD + 'lora_rank = "16"\n', 8, "lora_rank", "expected an integer >= 1", id="rank-string"),
+    pytest.param(GOOD_HEAD + "lora_rank = 16.5\n", 8, "lora_rank", "integer", id="rank-float"),
+    pytest.param(GOOD_HEAD + "lora_rank = 0\n", 8, "lora_rank", ">= 1", id="rank-zero"),
+    pytest.param(GOOD_HEAD + "lora_alpha = 0\n", 8, "lora_alpha", ">= 1", id="alpha-zero"),
+    pytest.param(GOOD_HEAD.replace("1e-4", "-1e-4"), 7, "learning_rate", "> 0", id="lr-negative"),
+    pytest.param(GOOD_HEAD.replace("1e-4", "0.0"), 7, "learning_rate", "> 0", id="lr-zero"),
+    pytest.param(GOOD_HEAD + "max_train_steps = 0\n", 8, "max_train_steps", ">= 1", id="steps-zero"),
+    pytest.param(GOOD_HEAD.replace("512", "500"), 3, "resolution", "multiple of 16", id="resolution"),
+    pytest.param(GOOD_HEAD + 'lr_scheduler = "cosine_annealing"\n', 8, "lr_scheduler", "one of linear", id="scheduler"),
+    pytest.param(GOOD_HEAD + 'mixed_precision = "fp8"\n', 8, "mixed_precision", "one of no, fp16, bf16", id="precision"),
+    pytest.param(GOOD_HEAD + '\n[[experiment]]\nname = "a"\n', 10, "name", "duplicate run name 'a'", id="duplicate"),
+    pytest.param(GOOD_HEAD.replace('"a"', '"../evil"'), 6, "name", "unsafe run name", id="dotdot-name"),
+    pytest.param(GOOD_HEAD.replace('"a"', '"x/y"'), 6, "name", "no path separators", id="slash-name"),
+    pytest.param(GOOD_HEAD + "eval_prompts = []\n", 8, "eval_prompts", "non-empty list", id="no-prompts"),
+    pytest.param(GOOD_HEAD + 'eval_prompts = ["a photo", "  "]\n', 8, "eval_prompts", "item 2 is empty", id="blank-prompt"),
+    pytest.param(GOOD_HEAD + "gradient_checkpointing = 1\n", 8, "gradient_checkpointing", "true or false", id="bool"),
+    pytest.param(GOOD_HEAD + "learning_rate = \n", 8, None, "TOML syntax error", id="syntax"),
+    pytest.param("[defualts]\n", 1, "defualts", "did you mean 'defaults'", id="unknown-table"),
+    pytest.param(GOOD_HEAD + "\n[workspace]\nruns_per_gpu = 0\n", 10, "runs_per_gpu", ">= 1", id="per-gpu"),
+    pytest.param(GOOD_HEAD + '\n[[sweep]]\nname = "s"\nlora_rank = []\n', 11, "lora_rank", "non-empty list", id="empty-sweep"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "line", "key", "fragment"), BAD)
+def test_bad_file_names_file_line_key_and_expectation(
+    tmp_path: Path, body: str, line: int, key: str | None, fragment: str
+) -> None:
+    path = write(tmp_path, body)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    errors = [p for p in info.value.problems if p.severity == "error"]
+    assert len(errors) == 1, [str(p) for p in errors]
+    (problem,) = errors
+    text = str(problem)
+    assert text.startswith(f"{path}:{line}:"), text
+    if key:
+        assert key in (problem.key or ""), text
+    assert fragment in text
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_every_problem_is_listed_not_just_the_first(tmp_path: Path) -> None:
+    body = GOOD_HEAD + "lora_rank = 0\nmax_train_steps = -5\nfoo = 1\n"
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, body))
+    keys = {p.key.split(".")[-1] for p in info.value.problems}
+    assert {"lora_rank", "max_train_steps", "foo"} <= keys
+
+
+def test_missing_data_folder_is_a_warning_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_HEAD.replace('"photos"', '"nowhere"'))
+    study = config.load(path)
+    (warning,) = study.warnings
+    assert warning.severity == "warning" and warning.line == 2
+    assert "nowhere" in warning.message and "does not exist" in warning.message
+
+
+def test_missing_file_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_scheduler_names_match_diffusers() -> None:
+    from diffusers.optimization import SchedulerType
+
+    assert set(config.SCHEDULERS) == {s.value for s in SchedulerType}

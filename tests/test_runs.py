@@ -1,0 +1,139 @@
+"""Run folders: status, events, staleness, and telling live processes from vanished ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flux_tui import config, launch, procs, runs
+from flux_tui.fsutil import TailReader, atomic_write_json
+
+STUDY_TOML = """
+[defaults]
+data_dir = "photos"
+[[experiment]]
+name = "a"
+learning_rate = 1e-4
+"""
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> config.Study:
+    (tmp_path / "photos").mkdir()
+    path = tmp_path / "experiments.toml"
+    path.write_text(STUDY_TOML)
+    return config.load(path)
+
+
+def test_events_tolerate_a_half_written_last_line(tmp_path: Path) -> None:
+    run = runs.RunDir(tmp_path / "r")
+    run.append_event("step", step=1, loss=0.5)
+    run.append_event("step", step=2, loss=0.4)
+    with open(run.events_jsonl, "a") as fh:
+        fh.write('{"type": "step", "step": 3, "lo')  # the writer was killed mid-line
+    events = run.events()
+    assert [e["step"] for e in events] == [1, 2]
+    assert list(run.iter_events("step"))[-1]["loss"] == 0.4
+
+
+def test_status_merges_and_survives_a_corrupt_file(tmp_path: Path) -> None:
+    run = runs.RunDir(tmp_path / "r")
+    assert run.status().state == runs.NEW
+    run.write_status(state=runs.QUEUED, queued_at=1.0)
+    run.write_status(message="waiting for a GPU")
+    st = run.status()
+    assert (st.state, st.queued_at, st.message) == (runs.QUEUED, 1.0, "waiting for a GPU")
+    assert not list(run.path.glob(".status.json.*"))  # no temp files left behind
+    run.status_json.write_text('{"state": "runn')  # a torn file (not ours: ours are atomic)
+    assert run.status().state == runs.NEW
+    # Unknown keys from a newer version are ignored, not fatal.
+    atomic_write_json(run.status_json, {"state": "done", "future_field": 1})
+    assert run.status().state == runs.DONE
+
+
+def test_stale_run_is_detected_and_never_silently_reused(study: config.Study, tmp_path: Path) -> None:
+    exp = study.experiments[0]
+    run = runs.prepare(study, exp)
+    assert run.exists() and run.stale(exp) is None
+    assert json.loads(run.run_json.read_text())["train_hash"] == exp.train_hash
+
+    (tmp_path / "experiments.toml").write_text(STUDY_TOML + "lora_rank = 4\n")
+    changed = config.load(tmp_path / "experiments.toml").experiments[0]
+    assert "lora_rank" in (run.stale(changed) or "")
+    # No LoRA yet: preparing again simply adopts the new settings.
+    runs.prepare(config.load(tmp_path / "experiments.toml"), changed)
+    assert run.config()["lora_rank"] == 4
+
+    # With a trained LoRA, a training change is refused with a message that says what to do.
+    run.lora_dir.mkdir()
+    run.lora_file.write_bytes(b"x")
+    with pytest.raises(runs.StaleRunError, match="lora_rank.*delete"):
+        runs.prepare(study, exp)
+    # An evaluation-only change keeps the LoRA and updates run.json.
+    (tmp_path / "experiments.toml").write_text(STUDY_TOML + 'lora_rank = 4\neval_prompts = ["x"]\n')
+    ev = config.load(tmp_path / "experiments.toml")
+    assert "evaluation settings changed" in (run.stale(ev.experiments[0]) or "")
+    runs.prepare(ev, ev.experiments[0])
+    assert run.config()["eval_prompts"] == ["x"]
+
+
+def test_vanished_process_is_marked_failed(tmp_path: Path) -> None:
+    run = runs.RunDir(tmp_path / "r")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.mark_started("train", pid=proc.pid)
+        assert run.reconcile().state == runs.RUNNING  # alive: untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    st = run.reconcile()
+    assert st.state == runs.FAILED and f"process {proc.pid} vanished while train" in st.message
+
+
+def test_a_reused_pid_is_not_trusted(tmp_path: Path) -> None:
+    run = runs.RunDir(tmp_path / "r")
+    # Our own pid is alive, but with another start time it is some other process.
+    run.mark_started("train", pid=os.getpid())
+    assert run.is_process_alive()
+    run.write_status(process_start=procs.start_time(os.getpid()) - 3600)
+    assert not run.is_process_alive()
+    assert run.reconcile().state == runs.FAILED
+
+
+def test_launch_refuses_a_run_that_a_live_process_owns(study: config.Study) -> None:
+    run = runs.prepare(study, study.experiments[0])
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.mark_started("train", pid=owner.pid)
+        with pytest.raises(launch.AlreadyRunning, match="already running"):
+            launch.start(run)
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_tail_reader_returns_only_whole_new_lines(tmp_path: Path) -> None:
+    path = tmp_path / "train.log"
+    tail = TailReader(path)
+    assert tail.read_lines() == []
+    path.write_text("one\ntw")
+    assert tail.read_lines() == ["one"]
+    with open(path, "a") as fh:
+        fh.write("o\nthree\n")
+    assert tail.read_lines() == ["two", "three"]
+    assert tail.read_lines() == []
+    path.write_text("fresh\n")  # truncated and rewritten: start again
+    assert tail.read_lines() == ["fresh"]
+
+
+def test_tail_reader_starts_near_the_end_of_a_big_file(tmp_path: Path) -> None:
+    path = tmp_path / "train.log"
+    path.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    lines = TailReader(path, max_initial_bytes=4096).read_lines()
+    assert lines[-1] == "line 99999" and len(lines) < 500
+    assert all(line.startswith("line ") for line in lines)  # no torn first line
