@@ -128,3 +128,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Builds the workspace; opening the dashboard is done by flux_tui.main."""
     extra = ["--force"] if args.force else []
     return run_engine("demo", args.dir, *extra)
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    _file_arg(p)
+    p.add_argument("--format", choices=("csv", "json", "md"), default="csv", help="default: %(default)s")
+    p.add_argument("-o", "--output", help="write to this file (default: standard output)")
+
+
+@command("export", "Every run with its hyperparameters, state, timings and scores (CSV, JSON or Markdown).", _export_args)
+def cmd_export(args: argparse.Namespace) -> int:
+    from flux_tui import export, results
+    from flux_tui.fsutil import atomic_write_text
+
+    study = load_or_report(args.file)
+    if study is None:
+        return EXIT_USAGE
+    text = export.render(results.collect(study), args.format)
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="the folder to write report.md and its PNG charts and contact sheets into")
+    p.add_argument("--file", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
+
+
+@command("report", "Write a Markdown report with PNG effect charts and prompt x run contact sheets.", _report_args)
+def cmd_report(args: argparse.Namespace) -> int:
+    from flux_tui import report, results
+
+    study = load_or_report(args.file)
+    if study is None:
+        return EXIT_USAGE
+    path = report.write_report(results.collect(study), Path(args.dir), title=f"flux-tui report: {study.file}")
+    print(f"wrote {path}")
+    return EXIT_OK

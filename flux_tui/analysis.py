@@ -1,0 +1,178 @@
+"""Comparing finished runs: the leaderboard, the study's pick rule, and each hyperparameter's effect.
+
+An effect is read only from runs that differ in that one hyperparameter and agree on every other training
+setting, as the study's scenarios were built ("higher learning rate lowered face distance in 2 of 2").
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from flux_tui.config import EVAL_KEYS
+from flux_tui.results import LOWER_IS_BETTER, SCORE_KEYS, RunRecord
+
+EFFECT_KEYS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "guidance")
+LABELS = {
+    "learning_rate": "learning rate",
+    "lora_rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "max_train_steps": "steps",
+    "lr_scheduler": "scheduler",
+    "guidance": "guidance scale",
+    "face_distance": "face distance",
+    "identity_similarity": "identity similarity",
+    "clip_score": "CLIP score",
+    "faceless": "faceless images",
+}
+PICK_RULE = (
+    "lowest face distance among scored runs with no more faceless images than the median, "
+    "ties broken by the higher CLIP score"
+)
+
+
+def scored(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.scores and r.score("clip_score") is not None]
+
+
+def best_values(records: list[RunRecord]) -> dict[str, float]:
+    """The best value of each score column over the scored runs (to mark it in a table)."""
+    best: dict[str, float] = {}
+    for key in SCORE_KEYS:
+        values = [v for r in records if (v := r.score(key)) is not None]
+        if values:
+            best[key] = min(values) if LOWER_IS_BETTER[key] else max(values)
+    return best
+
+
+def sort_key(key: str):
+    """Sort scored runs best first by `key`; runs without the score go last."""
+
+    def k(r: RunRecord) -> tuple[int, float]:
+        v = r.score(key)
+        if v is None:
+            return (1, 0.0)
+        return (0, v if LOWER_IS_BETTER.get(key, False) else -v)
+
+    return k
+
+
+def top_picks(records: list[RunRecord], n: int = 3) -> list[RunRecord]:
+    """The study's way of choosing: see PICK_RULE."""
+    runs = [r for r in scored(records) if r.score("face_distance") is not None]
+    if not runs:
+        return []
+    median = statistics.median(r.score("faceless") or 0.0 for r in runs)
+    eligible = [r for r in runs if (r.score("faceless") or 0.0) <= median]
+    return sorted(eligible, key=lambda r: (r.score("face_distance"), -(r.score("clip_score") or 0.0)))[:n]
+
+
+# -- effects ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """Runs that differ only in `key`, ordered by its value, with each score per value."""
+
+    key: str
+    fixed: dict[str, Any]  # the settings they share (the hyperparameters among them, for display)
+    values: list[Any]
+    runs: list[str]
+    scores: dict[str, list[float | None]]  # score key -> one value per entry of `values`
+
+
+@dataclass
+class Effect:
+    key: str
+    comparisons: list[Comparison]
+
+    def reading(self, score: str) -> str:
+        """One line: how often raising the hyperparameter moved the score which way."""
+        label, what = LABELS[self.key], LABELS[score]
+        pairs = [
+            (c.values[i], c.values[i + 1], c.scores[score][i], c.scores[score][i + 1])
+            for c in self.comparisons
+            for i in range(len(c.values) - 1)
+            if c.scores[score][i] is not None and c.scores[score][i + 1] is not None
+        ]
+        if not pairs:
+            return f"{label}: no scored runs differ only in it"
+        if self.key == "lr_scheduler":
+            wins: dict[str, int] = defaultdict(int)
+            for a, b, sa, sb in pairs:
+                better_b = (sb < sa) if LOWER_IS_BETTER[score] else (sb > sa)
+                wins[b if better_b else a] += 1
+            leader = max(wins, key=lambda k: wins[k])
+            return f"{leader} scheduler gave the better {what} in {wins[leader]} of {len(pairs)} comparisons"
+        more = "more steps" if self.key == "max_train_steps" else f"higher {label}"
+        up = sum(sb > sa for _, _, sa, sb in pairs)
+        down = sum(sb < sa for _, _, sa, sb in pairs)
+        direction, count = ("raised", up) if up >= down else ("lowered", down)
+        return f"{more} {direction} {what} in {count} of {len(pairs)} comparisons"
+
+
+def _sortable(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, int | float) else (1, str(v))
+
+
+def find_effects(records: list[RunRecord], key: str) -> Effect:
+    """Group runs that agree on every training setting but `key` (and guidance: per image, within a run)."""
+    if key == "guidance":
+        return Effect(key, _guidance_comparisons(records))
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        if not r.config or r.kind != "experiment":
+            continue
+        # Alpha left unset follows the rank, so a rank comparison does not hold it fixed.
+        others = {
+            k: v for k, v in r.config.items()
+            if k not in EVAL_KEYS and k != key and not (key == "lora_rank" and k == "lora_alpha" and v is None)
+        }  # fmt: skip
+        groups[repr(sorted(others.items()))].append(r)
+    comparisons = []
+    for members in groups.values():
+        by_value: dict[Any, RunRecord] = {}
+        for r in members:
+            by_value.setdefault(r.hp(key), r)  # same settings twice: the first stands for both
+        if len(by_value) < 2:
+            continue
+        values = sorted(by_value, key=_sortable)
+        ordered = [by_value[v] for v in values]
+        first = ordered[0]
+        fixed = {k: first.hp(k) for k in ("learning_rate", "lora_rank", "max_train_steps", "lr_scheduler") if k != key}
+        comparisons.append(
+            Comparison(
+                key=key,
+                fixed=fixed,
+                values=values,
+                runs=[r.name for r in ordered],
+                scores={s: [r.score(s) for r in ordered] for s in SCORE_KEYS},
+            )
+        )
+    comparisons.sort(key=lambda c: [_sortable(v) for v in c.fixed.values()])
+    return Effect(key, comparisons)
+
+
+def _guidance_comparisons(records: list[RunRecord]) -> list[Comparison]:
+    out = []
+    for r in scored(records):
+        per_g = (r.scores or {}).get("per_guidance")
+        if not isinstance(per_g, list) or len(per_g) < 2:
+            continue
+        rows = sorted(per_g, key=lambda d: d.get("guidance", 0))
+        out.append(
+            Comparison(
+                key="guidance",
+                fixed={"run": r.name},
+                values=[d.get("guidance") for d in rows],
+                runs=[r.name] * len(rows),
+                scores={s: [d.get(s) for d in rows] for s in SCORE_KEYS},
+            )
+        )
+    return out
+
+
+def all_effects(records: list[RunRecord]) -> list[Effect]:
+    return [find_effects(records, key) for key in EFFECT_KEYS]

@@ -1,0 +1,105 @@
+"""One record per run folder: hyperparameters, state, timings and scores, as tables and exports read them.
+
+Real runs come from the study file, in its order; other folders under runs/ (the ablation's pseudo-runs,
+runs of experiments since removed from the file) follow, so nothing on disk is hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flux_tui.config import Study
+from flux_tui.runs import RunDir, Status, elapsed, run_dir
+
+HYPERPARAMETERS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "resolution")
+SCORE_KEYS = ("face_distance", "identity_similarity", "clip_score", "faceless")
+# Which way is better for each score.
+LOWER_IS_BETTER = {"face_distance": True, "identity_similarity": False, "clip_score": False, "faceless": True}
+
+
+@dataclass
+class RunRecord:
+    name: str
+    number: int | None
+    group: str
+    kind: str  # "experiment", or what a pseudo-run's run.json says (e.g. "ablation")
+    config: dict[str, Any]
+    status: Status
+    scores: dict[str, Any] | None
+    stale: str | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)
+    run: RunDir | None = None
+
+    def hp(self, key: str) -> Any:
+        """A hyperparameter as the run used it (alpha unset means alpha = rank)."""
+        if key == "lora_alpha" and self.config.get("lora_alpha") is None:
+            return self.config.get("lora_rank")
+        return self.config.get(key)
+
+    def score(self, key: str) -> float | None:
+        if not self.scores:
+            return None
+        value = self.scores.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def flat(self) -> dict[str, Any]:
+        """One flat row for CSV/JSON/Markdown exports."""
+        row: dict[str, Any] = {"name": self.name, "number": self.number, "group": self.group, "kind": self.kind}
+        row.update({k: self.hp(k) for k in HYPERPARAMETERS})
+        row["guidance_scales"] = self.config.get("guidance_scales")
+        row["state"] = self.status.state
+        row["stale"] = self.stale or ""
+        row.update(self.timings)
+        for key in (*SCORE_KEYS, "clip_score_x100", "n_images"):
+            row[key] = self.scores.get(key) if self.scores else None
+        return row
+
+
+def _timings(run: RunDir, status: Status) -> dict[str, float | None]:
+    steps = list(run.iter_events("step"))
+    last = steps[-1] if steps else {}
+    return {
+        "started_at": status.started_at,
+        "finished_at": status.finished_at,
+        "duration_s": elapsed(status),
+        "step": last.get("step"),
+        "total_steps": last.get("total"),
+        "sec_per_step": last.get("sec_per_step"),
+        "final_loss": last.get("loss"),
+    }
+
+
+def record(run: RunDir, *, number: int | None = None, group: str = "", stale: str | None = None) -> RunRecord:
+    meta = run.read_run() or {}
+    status = run.status()
+    return RunRecord(
+        name=run.name,
+        number=number if number is not None else meta.get("number"),
+        group=group or meta.get("group", ""),
+        kind=meta.get("kind", "experiment"),
+        config=dict(meta.get("config", {})),
+        status=status,
+        scores=run.scores(),
+        stale=stale,
+        timings=_timings(run, status),
+        run=run,
+    )
+
+
+def collect(study: Study) -> list[RunRecord]:
+    """Every run of the study (in file order, with or without a folder) and every other run folder."""
+    records = []
+    for exp in study.experiments:
+        run = run_dir(study, exp.name)
+        rec = record(run, number=exp.number, group=exp.group, stale=run.stale(exp))
+        if not rec.config:
+            rec.config = exp.config_dict()  # not launched yet: what it will run with
+        records.append(rec)
+    known = set(study.names)
+    root = study.workspace.runs_dir
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            if path.name not in known and (path / "run.json").exists():
+                records.append(record(RunDir(path)))
+    return records

@@ -1,0 +1,119 @@
+"""Leaderboard, pick rule, hyperparameter effects, export and report, on run folders written for the test."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from flux_tui import analysis, config, export, report, results, runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Made-up scores for the study's 11 experiments: (face_distance, clip_score, faceless).
+SCORES = {
+    "exp01": (0.80, 0.290, 1),
+    "exp02": (0.78, 0.300, 0),
+    "exp03": (0.76, 0.299, 0),
+    "exp04": (0.79, 0.295, 2),
+    "exp05": (0.85, 0.301, 0),
+    "exp06": (0.71, 0.296, 1),
+    "exp07": (0.90, 0.305, 0),
+    "exp08": (0.82, 0.298, 0),
+    "exp09": (0.77, 0.304, 0),
+    "exp10": (0.74, 0.292, 3),
+    "exp11": (0.75, 0.301, 0),
+}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> config.Study:
+    shutil.copy(REPO / "experiments.toml", tmp_path / "experiments.toml")
+    (tmp_path / "photos").mkdir()
+    study = config.load(tmp_path / "experiments.toml")
+    for exp in study.experiments:
+        run = runs.prepare(study, exp)
+        run.write_status(state=runs.DONE, started_at=1000.0, finished_at=1600.0)
+        run.append_event("step", step=exp.settings.max_train_steps, total=exp.settings.max_train_steps,
+                         loss=0.3, sec_per_step=1.5)  # fmt: skip
+        fd, clip, faceless = SCORES[exp.name]
+        scores = {"face_distance": fd, "clip_score": clip, "clip_score_x100": clip * 100,
+                  "faceless": faceless, "identity_similarity": 1 - fd / 2, "n_images": 11}  # fmt: skip
+        run.scores_json.write_text(json.dumps(scores))
+        run.eval_dir.mkdir(parents=True)
+        for i, prompt in enumerate(exp.settings.eval_prompts[:2]):
+            meta = PngImagePlugin.PngInfo()
+            meta.add_text("prompt", prompt)
+            Image.new("RGB", (32, 32), (20 * exp.number, 10 * i, 90)).save(run.eval_dir / f"{i:03d}.png", pnginfo=meta)
+    return study
+
+
+def test_leaderboard_sorting_best_values_and_picks(study: config.Study) -> None:
+    recs = results.collect(study)
+    assert [r.name for r in recs] == study.names
+    by_fd = sorted(recs, key=analysis.sort_key("face_distance"))
+    assert [r.name for r in by_fd[:3]] == ["exp06", "exp10", "exp11"]
+    by_clip = sorted(recs, key=analysis.sort_key("clip_score"))
+    assert by_clip[0].name == "exp07"
+    assert analysis.best_values(recs) == {"face_distance": 0.71, "clip_score": 0.305, "faceless": 0,
+                                          "identity_similarity": pytest.approx(1 - 0.71 / 2)}  # fmt: skip
+    # Median faceless is 0: exp06 (1) and exp10 (3) are out, exp11 then exp03 lead.
+    assert [r.name for r in analysis.top_picks(recs)] == ["exp11", "exp03", "exp09"]
+
+
+def test_effects_find_the_runs_that_differ_in_one_hyperparameter(study: config.Study) -> None:
+    recs = results.collect(study)
+    lr = analysis.find_effects(recs, "learning_rate")
+    assert sorted(c.runs for c in lr.comparisons) == [["exp05", "exp06"], ["exp07", "exp04"]]
+    rank = analysis.find_effects(recs, "lora_rank")
+    assert sorted(c.runs for c in rank.comparisons) == [["exp01", "exp10"], ["exp04", "exp06"], ["exp07", "exp05"]]
+    steps = analysis.find_effects(recs, "max_train_steps")
+    assert sorted(c.runs for c in steps.comparisons) == [
+        ["exp01", "exp04"], ["exp05", "exp02"], ["exp08", "exp03", "exp09"], ["exp10", "exp06"],
+    ]  # fmt: skip
+    sched = analysis.find_effects(recs, "lr_scheduler")
+    assert [c.runs for c in sched.comparisons] == [["exp11", "exp03"]]  # constant < cosine alphabetically
+    # exp07 -> exp04: 0.90 -> 0.79 (lower); exp05 -> exp06: 0.85 -> 0.71 (lower).
+    assert lr.reading("face_distance") == "higher learning rate lowered face distance in 2 of 2 comparisons"
+    assert sched.reading("face_distance") == "constant scheduler gave the better face distance in 1 of 1 comparisons"
+    assert analysis.find_effects(recs, "guidance").comparisons == []
+
+
+def test_export_matches_the_run_folders(study: config.Study) -> None:
+    recs = results.collect(study)
+    rows = list(csv.DictReader(io.StringIO(export.render(recs, "csv"))))
+    assert len(rows) == 11
+    row = next(r for r in rows if r["name"] == "exp11")
+    assert (row["learning_rate"], row["lora_rank"], row["lora_alpha"], row["lr_scheduler"]) == ("0.0005", "16", "16", "constant")
+    assert (row["state"], row["face_distance"], row["faceless"], row["duration_s"]) == ("done", "0.75", "0", "600.0")
+    data = json.loads(export.render(recs, "json"))
+    assert data[0]["max_train_steps"] == 500 and data[0]["clip_score"] == 0.29
+    md = export.render(recs, "md").splitlines()
+    assert md[0].startswith("| name | number | group |") and len(md) == 13
+
+
+def test_export_cli_writes_a_file(study: config.Study, tmp_path: Path) -> None:
+    out = tmp_path / "runs.json"
+    proc = subprocess.run([sys.executable, "-m", "flux_tui", "export", str(study.file), "--format", "json",
+                           "-o", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(out.read_text())] == study.names
+
+
+def test_report_writes_markdown_charts_and_contact_sheet(study: config.Study, tmp_path: Path) -> None:
+    path = report.write_report(results.collect(study), tmp_path / "report")
+    text = path.read_text()
+    assert "1. **exp11**" in text and "higher learning rate lowered face distance in 2 of 2" in text
+    for name in ("effect_learning_rate.png", "effect_lora_rank.png", "effect_max_train_steps.png", "contact_sheet.png"):
+        assert f"]({name})" in text
+        assert Image.open(path.parent / name).size[0] > 100
+    sheet = Image.open(path.parent / "contact_sheet.png")
+    # 11 runs side by side, 2 prompts down: the sheet is wider than tall.
+    assert sheet.size[0] > sheet.size[1]
