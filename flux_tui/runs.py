@@ -33,6 +33,7 @@ NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM = "new", "queued", "running",
 STATES = (NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM)
 FINISHED = frozenset({DONE, FAILED, CANCELLED, OOM})
 STAGES = ("prepare", "train", "generate", "score")
+KIND_EXPERIMENT, KIND_ABLATION = "experiment", "ablation"  # run.json "kind"; absent means experiment
 
 
 @dataclass
@@ -104,7 +105,21 @@ class RunDir:
         run = self.read_run() or {}
         return dict(run.get("config", {}))
 
-    def write_run(self, experiment: Experiment, study: Study) -> None:
+    @property
+    def kind(self) -> str:
+        """`experiment` for a run of the study file; pseudo-runs (the ablation's) say what they are."""
+        return str((self.read_run() or {}).get("kind", KIND_EXPERIMENT))
+
+    def lora_source(self) -> Path | None:
+        """The LoRA this run evaluates: its own trained file, or for a pseudo-run what run.json's `lora`
+        names (null: the base model without any LoRA)."""
+        run = self.read_run() or {}
+        if "lora" in run:
+            return Path(run["lora"]) if run["lora"] else None
+        return self.lora_file
+
+    def write_run(self, experiment: Experiment, study: Study, extra: dict[str, Any] | None = None) -> None:
+        """Write run.json; `extra` adds keys (a pseudo-run's `kind`, `lora`, `source_run`)."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             self.run_json,
@@ -120,6 +135,7 @@ class RunDir:
                 "workspace": str(study.workspace.root),
                 "cache_dir": str(study.workspace.cache_dir),
                 "created_at": time.time(),
+                **(extra or {}),
             },
         )
 
@@ -228,6 +244,15 @@ class RunDir:
             return []
         found = [p for p in self.checkpoints_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+    def checkpoint_eval_dir(self, step: int) -> Path:
+        """Evaluation images of checkpoint `step` (with `eval_checkpoints`): samples/eval/checkpoint-<step>/."""
+        return self.eval_dir / f"checkpoint-{step}"
+
+    def eval_images(self, step: int | None = None) -> list[Path]:
+        """The evaluation PNGs of the final LoRA (or of checkpoint `step`), by name."""
+        folder = self.eval_dir if step is None else self.checkpoint_eval_dir(step)
+        return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
     def latest_checkpoint(self) -> Path | None:
         ckpts = self.checkpoints()
