@@ -168,3 +168,150 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = report.write_report(results.collect(study), Path(args.dir), title=f"flux-tui report: {study.file}")
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiments to run, in this order")
+    p.add_argument("--all", action="store_true", help="every experiment of the file, in file order")
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
+    p.add_argument("--no-eval", action="store_true", help="train only; skip generation and scoring")
+    p.add_argument("-v", "--verbose", action="store_true", help="show each run's log instead of a progress line")
+
+
+@command("run", "Train (then evaluate) experiments one after another in the foreground; Ctrl-C checkpoints.", _run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    from flux_tui import foreground
+
+    if bool(args.names) == args.all:
+        print("flux-tui run: give experiment NAMEs or --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    study = load_or_report(args.file)
+    if study is None:
+        return EXIT_USAGE
+    unknown = [n for n in args.names if n not in study.names]
+    if unknown:
+        print(f"{args.file}: no experiment named {', '.join(unknown)} (have: {', '.join(study.names)})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    chosen = study.experiments if args.all else [study.get(n) for n in args.names]
+    return foreground.run_experiments(study, chosen, no_eval=args.no_eval, verbose=args.verbose)
+
+
+# -- evaluation: score, generate, evaluate, ablation (their engine modules parse these same arguments) ---
+
+DEFAULT_CLIP = config.Settings.model_fields["clip_model"].default
+DEFAULT_BATCH = 4
+
+
+def _flags(args: argparse.Namespace, *names: str) -> list[str]:
+    """Options of `args` back as command-line flags, to hand them to an engine module unchanged."""
+    out: list[str] = []
+    for name in names:
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(flag)
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                out += [flag, str(item)]
+    return out
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per pipeline call (default: 4)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
+
+
+def score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", help="a folder of images to score (png, jpg, webp)")
+    p.add_argument("--reference", required=True, metavar="REF_DIR", help="photos of the person (the training set)")
+    p.add_argument("--prompt", help="the prompt of every image (default: each PNG's own, from its metadata)")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="ID_OR_PATH", help="default: %(default)s")
+    p.add_argument("--face-weights", metavar="FILE",
+                   help="facenet's 20180402-114759-vggface2.pt (default: the torch hub cache, downloaded once)")  # fmt: skip
+    p.add_argument("--cache-dir", help="cache the reference embedding in this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
+
+
+@command("score", "Score a folder of images: face distance, identity similarity, CLIP score, faceless count.", score_args)
+def cmd_score(args: argparse.Namespace) -> int:
+    opts = _flags(args, "reference", "prompt", "clip_model", "face_weights", "cache_dir", "json", "out", "device")
+    return run_engine("score", args.images, *opts)
+
+
+def generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="a run folder: make its evaluation grid into samples/eval/")
+    p.add_argument("--lora", action="append", metavar="RUN_OR_FILE",
+                   help="a run folder, LoRA folder or .safetensors file (repeat to merge several)")  # fmt: skip
+    p.add_argument("--weights", help="one weight per --lora, comma-separated (default 1 each), e.g. 0.8,0.7")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the first run's eval prompts)")
+    p.add_argument("--fuse", action="store_true", help="fuse the weighted LoRAs into the model's weights")
+    p.add_argument("--images", type=int, default=1, help="images per prompt, seeds SEED, SEED+1, ... (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the run's first)")
+    p.add_argument("--steps", type=int, help="inference steps (default: the run's)")
+    p.add_argument("--resolution", type=int, help="pixels (default: the run's evaluation resolution)")
+    p.add_argument("--base-model", help="hub id or folder (default: the runs' base model)")
+    p.add_argument("--out", help="output folder (default: <workspace>/merges/<a>+<b>-w<weights>)")
+    p.add_argument("--score-against", action="append", metavar="RUN",
+                   help="score the images against this run's training photos (repeatable)")  # fmt: skip
+    p.add_argument("--clip-model", help="CLIP model for --score-against (default: the run's)")
+    p.add_argument("--face-weights", help="vggface2 weights file for --score-against (default: the run's)")
+    _device_args(p)
+
+
+@command("generate", "Generate with one or more runs' LoRAs merged by weight (--lora a --lora b --weights 0.8,0.7).",
+         generate_args)  # fmt: skip
+def cmd_generate(args: argparse.Namespace) -> int:
+    opts = _flags(args, "lora", "weights", "prompt", "fuse", "images", "seed", "guidance", "steps", "resolution",
+                  "base_model", "out", "score_against", "clip_model", "face_weights", "batch_size", "device")  # fmt: skip
+    return run_engine("generate", *([args.run] if args.run else []), *opts)
+
+
+def evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="NAME_OR_DIR", help="experiment names (of --file) or run folders")
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
+    p.add_argument("--score-only", action="store_true", help="score the existing images again, generate nothing")
+    _device_args(p)
+
+
+@command("evaluate", "Generate a run's evaluation images and score them again (or only score: --score-only).",
+         evaluate_args)  # fmt: skip
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    folders: list[Path] = []
+    study = None
+    for item in args.runs:
+        if (Path(item) / "run.json").is_file():
+            folders.append(Path(item))
+            continue
+        study = study or load_or_report(args.file)
+        if study is None:
+            return EXIT_USAGE
+        folder = study.workspace.runs_dir / item
+        if not (folder / "run.json").is_file():
+            print(f"flux-tui evaluate: {item!r} is neither a run folder nor a run of {args.file} with a folder",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        folders.append(folder)
+    code = EXIT_OK
+    for folder in folders:
+        code = max(code, run_engine("evaluate", str(folder), *_flags(args, "score_only", "batch_size", "device")))
+    return code
+
+
+def ablation_args(p: argparse.ArgumentParser) -> None:
+    _file_arg(p)
+    p.add_argument("--experiments", help="comma-separated experiment names (default: every one with a LoRA)")
+    p.add_argument("--real-name", help="what replaces the trigger token (default: real_name in the file)")
+    p.add_argument("--force", action="store_true", help="redo pseudo-runs that already have scores")
+    _device_args(p)
+
+
+@command("ablation", "The study's ablation: base model without LoRA, and the real name instead of the trigger token.",
+         ablation_args)  # fmt: skip
+def cmd_ablation(args: argparse.Namespace) -> int:
+    opts = _flags(args, "experiments", "real_name", "force", "batch_size", "device")
+    return run_engine("ablation", args.file, *opts)

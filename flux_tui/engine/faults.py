@@ -1,0 +1,63 @@
+"""Explicit fault injection for tests and demos: faults that cannot be caused for real on this machine.
+
+Set `FLUX_TUI_FAULT` in a run's environment to a comma-separated list of:
+
+    oom_at_step:N      raise torch.cuda.OutOfMemoryError at the start of training step N (1-based), as a
+                       real CUDA out-of-memory error would, so the `oom` path can be checked on a CPU
+    step_delay:SECONDS sleep this long after every training step (slows a tiny run down so a test or a
+                       person can signal it mid-training; the numbers it trains are unchanged)
+
+Nothing here is active unless the variable is set; an unknown or malformed entry fails the run at start
+with a message naming it, so a typo never silently disables a test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+ENV = "FLUX_TUI_FAULT"
+
+
+class FaultSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Faults:
+    oom_at_step: int | None = None
+    step_delay: float = 0.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Faults:
+        spec = (environ if environ is not None else os.environ).get(ENV, "").strip()
+        if not spec:
+            return cls()
+        values: dict[str, object] = {}
+        for item in spec.split(","):
+            name, _, arg = item.strip().partition(":")
+            try:
+                if name == "oom_at_step":
+                    values[name] = int(arg)
+                elif name == "step_delay":
+                    values[name] = float(arg)
+                else:
+                    raise FaultSpecError(f"{ENV}: unknown fault {name!r} (known: oom_at_step:N, step_delay:SECONDS)")
+            except ValueError as exc:
+                if isinstance(exc, FaultSpecError):
+                    raise
+                raise FaultSpecError(f"{ENV}: {item.strip()!r} needs a number after the colon") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def before_step(self, step: int) -> None:
+        if self.oom_at_step is not None and step == self.oom_at_step:
+            import torch
+
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (injected by {ENV}=oom_at_step:{self.oom_at_step})"
+            )
+
+    def after_step(self) -> None:
+        if self.step_delay > 0:
+            time.sleep(self.step_delay)
