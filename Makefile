@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(VENV)/bin/flux-tui demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flux_tui tests bench scripts
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test: lint
