@@ -14,3 +14,55 @@ def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flux_tui.engine.demo import build_demo_workspace  # imports torch lazily, only when used
 
     return build_demo_workspace(tmp_path_factory.mktemp("demo") / "workspace")
+
+
+def make_lora_workspace(demo: Path, dest: Path, runs: dict[str, int]) -> Path:
+    """A copy of the demo workspace at `dest` (face weights linked, not copied) in which each run of `runs`
+    ({experiment name: seed}) looks trained: run.json written through RunDir, and a LoRA with seeded random
+    non-zero B matrices saved in diffusers' format (alpha/rank folded into lora_B, as engine.lora exports),
+    plus checkpoints/checkpoint-5/lora.safetensors holding the same adapter in the trainer's checkpoint
+    format (peft names, scale not folded). Returns the workspace's experiments.toml."""
+    import shutil
+
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from flux_tui import config
+    from flux_tui.runs import run_dir
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in demo.iterdir():
+        if item.name in ("runs", ".flux-tui"):
+            continue
+        target = dest / item.name
+        if item.name == "weights":
+            target.symlink_to(item)
+        elif item.is_dir():
+            shutil.copytree(item, target)
+        else:
+            shutil.copy2(item, target)
+    study = config.load(dest / "experiments.toml")
+    for name, seed in runs.items():
+        exp = study.get(name)
+        s = exp.settings
+        run = run_dir(study, name)
+        run.write_run(exp, study)
+        transformer = FluxTransformer2DModel.from_pretrained(s.base_model, subfolder="transformer")
+        transformer.add_adapter(LoraConfig(r=s.lora_rank, lora_alpha=s.alpha, init_lora_weights="gaussian",
+                                           target_modules=list(s.lora_target_modules)))  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)
+        for key, param in transformer.named_parameters():
+            if "lora_B" in key:
+                param.data = torch.randn(param.shape, generator=gen) * 0.5
+        state = {k: v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+        ckpt = run.checkpoints_dir / "checkpoint-5"
+        ckpt.mkdir(parents=True)
+        save_file(state, ckpt / "lora.safetensors")
+        folded = {k: v * (s.alpha / s.lora_rank) if ".lora_B." in k else v for k, v in state.items()}
+        from diffusers import FluxPipeline
+
+        FluxPipeline.save_lora_weights(run.lora_dir, transformer_lora_layers=folded, safe_serialization=True)
+    return dest / "experiments.toml"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_lora_workspace
 from PIL import Image
 
-from conftest import make_lora_workspace
 from flux_tui import config
 from flux_tui.engine import generate as gen
 from flux_tui.runs import DONE, FAILED, RunDir, run_dir
