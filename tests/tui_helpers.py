@@ -1,0 +1,258 @@
+"""Run folders made by hand for the dashboard's tests, screenshots and benchmark: a small study file and
+runs in every state, written through RunDir as the trainer and the evaluation write them."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from flux_tui import config, runs
+from flux_tui.fsutil import atomic_write_json
+from flux_tui.runs import RunDir
+from flux_tui.telemetry import GiB, GpuStat, HostStat, Sample
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: fixed times make screenshots repeatable
+
+STUDY_TOML = """\
+[workspace]
+runs_per_gpu = {runs_per_gpu}
+
+[defaults]
+base_model = "models/tiny-flux"
+data_dir = "photos"
+resolution = 64
+max_train_steps = 40
+lr_scheduler = "cosine"
+sample_every = 10
+eval_prompts = ["a photo of cr7man", "cr7man smiling at camera", "cr7man in a suit", "portrait of cr7man"]
+
+[[experiment]]
+number = 1
+name = "exp01"
+group = "Extreme parameters"
+learning_rate = 1e-3
+lora_rank = 8
+max_train_steps = 20
+
+[[experiment]]
+number = 2
+name = "exp02"
+group = "Extreme parameters"
+learning_rate = 1e-4
+lora_rank = 32
+
+[[experiment]]
+number = 3
+name = "exp03"
+group = "Fixed-step variations"
+learning_rate = 5e-4
+lora_rank = 16
+
+[[experiment]]
+number = 4
+name = "exp04"
+group = "LR scheduler impact"
+learning_rate = 5e-4
+lora_rank = 16
+lr_scheduler = "constant"
+
+[[experiment]]
+number = 5
+name = "exp05"
+group = "Step count effects"
+learning_rate = 5e-4
+lora_rank = 16
+max_train_steps = 30
+
+[[experiment]]
+number = 6
+name = "exp06"
+group = "Step count effects"
+learning_rate = 1e-3
+lora_rank = 32
+"""
+
+
+def make_study(root: Path, runs_per_gpu: int = 1) -> config.Study:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "photos").mkdir(exist_ok=True)
+    (root / "experiments.toml").write_text(STUDY_TOML.format(runs_per_gpu=runs_per_gpu))
+    return config.load(root / "experiments.toml")
+
+
+def face_image(seed: int, size: int = 64) -> Image.Image:
+    """A real photo (scikit-image's astronaut), cropped differently per seed, so thumbnails show a face."""
+    from skimage import data
+
+    im = Image.fromarray(data.astronaut())
+    off = (seed * 17) % 60
+    return im.crop((120 + off, 20 + off // 2, 320 + off, 220 + off // 2)).resize((size, size))
+
+
+def write_steps(run: RunDir, total: int, upto: int, t0: float = T0, sec: float = 0.5) -> None:
+    for step in range(1, upto + 1):
+        loss = 0.6 * math.exp(-step / (total / 2)) + 0.05 * math.sin(step) ** 2 + 0.1
+        run.append_event(
+            "step", step=step, total=total, loss=round(loss, 5), lr=1e-4, sec_per_step=sec,
+            eta_s=(total - step) * sec,
+        )  # fmt: skip
+    _fix_times(run, t0)
+
+
+def _fix_times(run: RunDir, t0: float) -> None:
+    # append_event stamps the wall clock; rewrite it so screenshots do not depend on when they were made
+    import json
+
+    lines = run.events_jsonl.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        ev = json.loads(line)
+        ev["t"] = t0 + i
+        out.append(json.dumps(ev))
+    run.events_jsonl.write_text("\n".join(out) + "\n")
+
+
+def write_run(
+    study: config.Study,
+    name: str,
+    state: str,
+    *,
+    upto: int | None = None,
+    scores: dict | None = None,
+    samples: bool = True,
+    eval_images: bool = False,
+    log_lines: int = 30,
+    message: str = "",
+    pid: int | None = None,
+) -> RunDir:
+    """A run folder in `state` as the trainer leaves it, with fixed times."""
+    exp = study.get(name)
+    run = runs.prepare(study, exp)
+    total = exp.settings.max_train_steps
+    upto = total if upto is None else upto
+    run.append_event("stage", stage="prepare")
+    run.append_event("stage", stage="train")
+    write_steps(run, total, upto)
+    if samples:
+        for step in range(exp.settings.sample_every, upto + 1, exp.settings.sample_every):
+            d = run.samples_dir / f"step_{step}"
+            d.mkdir(parents=True, exist_ok=True)
+            face_image(step + exp.number).save(d / "a_photo_of_cr7man.png")
+            run.append_event("sample", step=step, paths=[str(d / "a_photo_of_cr7man.png")])
+    if eval_images:
+        run.append_event("stage", stage="generate")
+        run.eval_dir.mkdir(parents=True, exist_ok=True)
+        for i, prompt in enumerate(exp.settings.eval_prompts):
+            p = run.eval_dir / f"{i:02d}_g5.0_s0.png"
+            face_image(i * 5 + exp.number).save(p)
+            run.append_event("eval_image", path=str(p), prompt=prompt, guidance=5.0, seed=0)
+        run.append_event("stage", stage="score")
+    _fix_times(run, T0)
+    with open(run.train_log, "a") as fh:
+        for i in range(1, log_lines + 1):
+            fh.write(f"[{name}] step {i:4d}/{total}  loss {0.5 / i:.4f}  lr 1.0e-04\n")
+    if scores is not None:
+        atomic_write_json(run.scores_json, scores)
+    started = T0
+    fields = dict(
+        state=state, stage=None, started_at=started, host=socket.gethostname(), message=message, device="cpu"
+    )
+    if state == "running":
+        fields.update(stage="train", pid=pid, process_start=_start_time(pid), pgid=pid)
+    elif state == "queued":
+        fields.update(queued_at=T0 + exp.number, started_at=None)
+    else:
+        fields.update(finished_at=started + 60 * exp.number, exit_code=0 if state == "done" else 1)
+    atomic_write_json(run.status_json, {**runs.Status().__dict__, **fields, "updated_at": T0})
+    return run
+
+
+def _start_time(pid: int | None) -> float | None:
+    from flux_tui import procs
+
+    return procs.start_time(pid) if pid else None
+
+
+def scores_for(n: int, fd: float, clip: float, faceless: int = 0) -> dict:
+    prompts = ["a photo of cr7man", "cr7man smiling at camera", "cr7man in a suit", "portrait of cr7man"]
+    return {
+        "face_distance": fd,
+        "identity_similarity": round(1 - fd / 2, 4),
+        "clip_score": clip,
+        "clip_score_x100": round(clip * 100, 2),
+        "faceless": faceless,
+        "faceless_images": [f"{i:02d}_g5.0_s0.png" for i in range(faceless)],
+        "n_images": len(prompts),
+        "per_prompt": [
+            {
+                "prompt": p,
+                "n_images": 1,
+                "face_distance": round(fd + 0.01 * i, 4),
+                "clip_score": round(clip - 0.002 * i, 4),
+                "faceless": int(i < faceless),
+            }
+            for i, p in enumerate(prompts)
+        ],  # fmt: skip
+        "per_image": [
+            {
+                "path": f"{i:02d}_g5.0_s0.png",
+                "prompt": p,
+                "face_distance": round(fd + 0.01 * i, 4),
+                "clip_score": round(clip - 0.002 * i, 4),
+                "face": i >= faceless,
+            }
+            for i, p in enumerate(prompts)
+        ],  # fmt: skip
+    }
+
+
+def sleeper() -> subprocess.Popen:
+    """A real process in its own session standing for a run's trainer (the state shown is the folder's)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+
+
+def populated_study(root: Path, running_pid: int | None = None) -> config.Study:
+    """Six runs: done (two, with scores and images), running, queued, failed, new."""
+    study = make_study(root)
+    write_run(study, "exp01", "done", scores=scores_for(1, 0.7571, 0.2988), eval_images=True)
+    write_run(study, "exp02", "done", scores=scores_for(2, 0.7933, 0.2945, faceless=1), eval_images=True)
+    if running_pid is not None:
+        write_run(study, "exp03", "running", upto=23, pid=running_pid)
+    write_run(study, "exp04", "queued", upto=0, samples=False, log_lines=0)
+    write_run(
+        study, "exp05", "failed", upto=12, message="CUDA error: an illegal memory access was encountered"
+    )
+    return study
+
+
+class FixedTelemetry:
+    """A fixed reading of the machine, so screenshots do not change with the CPU load. With `gpus`, two
+    made-up GPUs show what the panel looks like on a GPU server (this machine has none)."""
+
+    def __init__(self, gpus: bool = False, pid_mem: dict[int, int] | None = None):
+        self._gpus = (
+            (
+                GpuStat(0, "NVIDIA H100 80GB HBM3", 52 * GiB, 80 * GiB, 97, 71),
+                GpuStat(1, "NVIDIA H100 80GB HBM3", 3 * GiB, 80 * GiB, 0, 34),
+            )
+            if gpus
+            else ()
+        )
+        self._pid_mem = pid_mem or {}
+
+    def gpus(self) -> list[GpuStat]:
+        return list(self._gpus)
+
+    def sample(self) -> Sample:
+        host = HostStat(cpu_percent=37.5, ram_used=int(9.4 * GiB), ram_total=24 * GiB, n_cpus=16)
+        if not self._gpus:
+            return Sample(at=T0, host=host, gpu_error="no NVIDIA driver (NVML Shared Library Not Found)")
+        return Sample(at=T0, host=host, gpus=self._gpus, proc_gpu_mem=dict(self._pid_mem))
+
+
+HOST = socket.gethostname()
