@@ -1,14 +1,23 @@
-"""The experiment matrix: one row per experiment, its hyperparameters and its run's state."""
+"""The experiment matrix: one row per experiment, its hyperparameters, its run's progress and its scores.
+
+Sortable by any column (`s`, or a click on a header; again to reverse), filtered by text, the best score of
+each score column marked. Rows are keyed by run name, so the cursor stays on its run through re-sorts.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
 from textual.widgets import DataTable
 
-from flux_tui.config import Study
-from flux_tui.runs import RunDir, Status, run_dir
+from flux_tui.config import Experiment, Study
+from flux_tui.runs import RUNNING, Status
+from flux_tui.tui.format import duration
+from flux_tui.tui.model import RunView
 
-COLUMNS = ("#", "name", "group", "lr", "rank", "alpha", "steps", "scheduler", "state")
 STATE_STYLE = {
     "new": "dim",
     "queued": "cyan",
@@ -19,45 +28,200 @@ STATE_STYLE = {
     "cancelled": "dark_orange",
     "stale": "italic red",
 }
+BEST_STYLE = "bold green"
 
 
 def state_text(status: Status, stale: str | None = None) -> Text:
-    if stale and status.state != "running":
+    if stale and status.state != RUNNING:
         return Text(f"{status.state} (stale)", style=STATE_STYLE["stale"])
     return Text(status.label, style=STATE_STYLE.get(status.state, ""))
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    width: int | None
+    sort: Callable[[Experiment, RunView], Any]  # a sortable value (None sorts last)
+    show: Callable[[Experiment, RunView], str | Text]
+    best: str | None = None  # "min" or "max": mark the best value of the column
+    dynamic: bool = False  # changes while runs progress
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _progress(_: Experiment, v: RunView) -> str:
+    if v.queue_pos is not None and v.state == "queued":
+        return f"queue #{v.queue_pos}"
+    if v.step is None:
+        return ""
+    return f"{v.step}/{v.total}" if v.total else str(v.step)
+
+
+def _eta(_: Experiment, v: RunView) -> str:
+    return duration(v.eta_s) if v.state == RUNNING and v.eta_s is not None else ""
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("number", "#", 3, lambda e, v: e.number, lambda e, v: str(e.number)),
+    Column("name", "name", None, lambda e, v: e.name, lambda e, v: e.name),
+    Column("group", "group", 18, lambda e, v: e.group, lambda e, v: e.group),
+    Column("lr", "lr", 6, lambda e, v: e.settings.learning_rate, lambda e, v: f"{e.settings.learning_rate:g}"),
+    Column("rank", "rank", 4, lambda e, v: e.settings.lora_rank, lambda e, v: str(e.settings.lora_rank)),
+    Column("alpha", "alpha", 5, lambda e, v: e.settings.alpha, lambda e, v: str(e.settings.alpha)),
+    Column("steps", "steps", 5, lambda e, v: e.settings.max_train_steps, lambda e, v: str(e.settings.max_train_steps)),
+    Column("scheduler", "sched", 8, lambda e, v: e.settings.lr_scheduler, lambda e, v: e.settings.lr_scheduler),
+    Column("state", "state", 16, lambda e, v: v.status.label, lambda e, v: state_text(v.status, v.stale), dynamic=True),
+    Column("progress", "step", 9, lambda e, v: (v.step or 0) / (v.total or 1), _progress, dynamic=True),
+    Column("loss", "loss", 7, lambda e, v: v.loss, lambda e, v: _num(v.loss, ".4f"), dynamic=True),
+    Column("sec_per_step", "s/step", 6, lambda e, v: v.sec_per_step, lambda e, v: _num(v.sec_per_step, ".2f"), dynamic=True),
+    Column("eta", "ETA", 6, lambda e, v: v.eta_s if v.state == RUNNING else None, _eta, dynamic=True),
+    Column("face_distance", "face↓", 6, lambda e, v: v.score("face_distance"),
+           lambda e, v: _num(v.score("face_distance"), ".4f"), best="min", dynamic=True),
+    Column("clip_score", "CLIP↑", 6, lambda e, v: v.score("clip_score"),
+           lambda e, v: _num(v.score("clip_score"), ".4f"), best="max", dynamic=True),
+    Column("faceless", "no face", 7, lambda e, v: v.faceless,
+           lambda e, v: "" if v.faceless is None else str(v.faceless), best="min", dynamic=True),
+)  # fmt: skip
+COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def _sort_key(value: Any) -> tuple:
+    # None (no value yet) sorts after every value; mixed types compare by their text.
+    if value is None:
+        return (1, 0, "")
+    if isinstance(value, int | float):
+        return (0, value, "")
+    return (0, 0, str(value).lower())
 
 
 class MatrixTable(DataTable):
     """The study's experiments as a table, keyed by run name."""
 
     DEFAULT_CSS = """
-    MatrixTable { height: 1fr; }
+    MatrixTable { height: auto; max-height: 50%; }
     """
 
-    def __init__(self, study: Study, **kwargs):
+    def __init__(self, study: Study, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.study = study
+        self.views: dict[str, RunView] = {e.name: RunView(e.name) for e in study.experiments}
+        self.filter_text = ""
+        self.sort_column: str | None = None
+        self.sort_reverse = False
+        self._shown: list[str] = []
+        self._best: dict[str, float | None] = {}
 
     def on_mount(self) -> None:
         for col in COLUMNS:
-            self.add_column(col, key=col)
-        for exp in self.study.experiments:
-            s = exp.settings
-            run = run_dir(self.study, exp.name)
-            self.add_row(
-                str(exp.number),
-                exp.name,
-                exp.group,
-                f"{s.learning_rate:g}",
-                str(s.lora_rank),
-                str(s.alpha),
-                str(s.max_train_steps),
-                s.lr_scheduler,
-                state_text(run.status(), run.stale(exp)),
-                key=exp.name,
-            )
+            self.add_column(col.label, key=col.key, width=col.width)
+        self.rebuild()
 
-    def refresh_states(self) -> None:
-        for exp in self.study.experiments:
-            run: RunDir = run_dir(self.study, exp.name)
-            self.update_cell(exp.name, "state", state_text(run.status(), run.stale(exp)))
+    # -- rows
+    def experiment(self, name: str) -> Experiment:
+        return self.study.get(name)
+
+    def visible_names(self) -> list[str]:
+        """The run names shown, in their order."""
+        return list(self._shown)
+
+    def _row_text(self, exp: Experiment, view: RunView) -> str:
+        return " ".join(str(c.show(exp, view)) for c in COLUMNS).lower()
+
+    def _matches(self, exp: Experiment) -> bool:
+        terms = self.filter_text.lower().split()
+        if not terms:
+            return True
+        text = self._row_text(exp, self.views[exp.name])
+        return all(t in text for t in terms)
+
+    def _order(self) -> list[str]:
+        exps = [e for e in self.study.experiments if self._matches(e)]
+        if self.sort_column:
+            col = COLUMN_BY_KEY[self.sort_column]
+            # None stays last in both directions
+            present = [e for e in exps if col.sort(e, self.views[e.name]) is not None]
+            missing = [e for e in exps if col.sort(e, self.views[e.name]) is None]
+            present.sort(key=lambda e: _sort_key(col.sort(e, self.views[e.name])), reverse=self.sort_reverse)
+            exps = present + missing
+        return [e.name for e in exps]
+
+    def _cells(self, name: str) -> list[str | Text]:
+        exp, view = self.experiment(name), self.views[name]
+        cells = []
+        for col in COLUMNS:
+            cell = col.show(exp, view)
+            best = self._best.get(col.key)
+            if col.best and cell != "" and best is not None and col.sort(exp, view) == best:
+                cell = Text(str(cell), style=BEST_STYLE)
+            cells.append(cell)
+        return cells
+
+    def _compute_best(self) -> bool:
+        best = {}
+        for col in COLUMNS:
+            if not col.best:
+                continue
+            values = [col.sort(e, self.views[e.name]) for e in self.study.experiments]
+            values = [v for v in values if v is not None]
+            best[col.key] = (min(values) if col.best == "min" else max(values)) if len(values) > 1 else None
+        changed = best != self._best
+        self._best = best
+        return changed
+
+    def rebuild(self) -> None:
+        """Re-lay every row (after a sort or filter change), keeping the cursor on the same run."""
+        selected = self.selected_name
+        self._compute_best()
+        self.clear()
+        self._shown = self._order()
+        for name in self._shown:
+            self.add_row(*self._cells(name), key=name)
+        if selected in self._shown:
+            self.move_cursor(row=self._shown.index(selected), animate=False)
+
+    def update_views(self, views: dict[str, RunView]) -> None:
+        """New views for some runs: update their cells, re-sort or re-filter only when it matters."""
+        changed = [n for n in views if n in self.views]
+        for name in changed:
+            self.views[name] = views[name]
+        if not changed:
+            return
+        best_changed = self._compute_best()
+        if self._order() != self._shown:  # a sort or filter column changed the rows' place
+            self.rebuild()
+            return
+        names = self._shown if best_changed else [n for n in changed if n in self._shown]
+        for name in names:
+            for col, cell in zip(COLUMNS, self._cells(name), strict=True):
+                if not col.dynamic:
+                    continue
+                self.update_cell(name, col.key, cell)
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text.strip()
+        self.rebuild()
+
+    def sort_by(self, key: str | None, reverse: bool | None = None) -> None:
+        """Sort by a column; sorting again by the same column reverses the order."""
+        if key is not None and key not in COLUMN_BY_KEY:
+            raise KeyError(key)
+        if reverse is None:
+            reverse = not self.sort_reverse if key == self.sort_column else False
+        self.sort_column, self.sort_reverse = key, reverse
+        self.rebuild()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        self.sort_by(str(event.column_key.value))
+
+    @property
+    def selected_name(self) -> str | None:
+        if not self._shown or self.cursor_row < 0 or self.cursor_row >= len(self._shown):
+            return None
+        return self._shown[self.cursor_row]
+
+    def select(self, name: str) -> None:
+        if name in self._shown:
+            self.move_cursor(row=self._shown.index(name), animate=False)

@@ -1,0 +1,54 @@
+"""Loss curve of a run (textual-plotext), thinned to the width available so a repaint stays cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual_plotext import PlotextPlot
+
+
+def thin(points: Sequence[tuple[int, float]], n: int) -> list[tuple[int, float]]:
+    """At most about `n` points, evenly spaced, always keeping the last one."""
+    if n <= 0 or len(points) <= n:
+        return list(points)
+    stride = len(points) / n
+    picked = [points[int(i * stride)] for i in range(n)]
+    if picked[-1] != points[-1]:
+        picked.append(points[-1])
+    return picked
+
+
+class LossPlot(PlotextPlot):
+    DEFAULT_CSS = """
+    LossPlot { height: 1fr; border: round $panel; border-title-color: $text-muted; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "loss"
+        self._points: tuple[tuple[int, float], ...] = ()
+        self._title = ""
+
+    @property
+    def has_points(self) -> bool:
+        return bool(self._points)
+
+    def set_points(self, points: Sequence[tuple[int, float]], title: str = "loss") -> None:
+        points = tuple(points)
+        if points == self._points and title == self._title:
+            return
+        self._points, self._title = points, title
+        self.border_title = title
+        self.refresh()
+
+    def render(self):
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if self._points:
+            xs, ys = zip(*thin(self._points, max(8, self.size.width * 2)), strict=True)
+            plt.plot(list(xs), list(ys), marker="braille")
+            plt.xlabel("step")
+        else:
+            plt.title("no steps yet")
+        return super().render()

@@ -1,0 +1,269 @@
+"""What the dashboard knows about a run, rebuilt from its folder and kept up to date incrementally.
+
+Plain Python (no Textual) so the watcher thread can build it and the tests can check it directly.
+`RunTracker.poll()` reads only what changed since the last call: status.json and scores.json when their
+stat changes, and the bytes appended to events.jsonl. Each change produces a new immutable `RunView`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flux_tui.config import Experiment
+from flux_tui.fsutil import TailReader
+from flux_tui.runs import RunDir, Status
+
+_UNSET = object()
+MAX_LOSS_POINTS = 20_000  # a 1500-step run is far below; bounds memory for very long runs
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    path: Path
+    prompt: str = ""
+    guidance: float | None = None
+    seed: int | None = None
+    checkpoint: int | None = None  # set for the evaluation of an intermediate checkpoint
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The images sampled at one training step, with the prompts that made them."""
+
+    step: int
+    paths: tuple[Path, ...]
+    prompts: tuple[str, ...] = ()
+
+    def caption(self, i: int) -> str:
+        return self.prompts[i] if i < len(self.prompts) else self.paths[i].stem.replace("_", " ")
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A snapshot of one run for the screens. Lists are never mutated after the view is built."""
+
+    name: str
+    status: Status = field(default_factory=Status)
+    stale: str | None = None
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    lr: float | None = None
+    sec_per_step: float | None = None
+    eta_s: float | None = None
+    mem_peak: int | None = None
+    losses: tuple[tuple[int, float], ...] = ()
+    stages: tuple[tuple[str, float], ...] = ()  # (stage, time it began)
+    samples: tuple[SampleSet, ...] = ()  # by step
+    eval_images: tuple[EvalImage, ...] = ()  # the final evaluation grid and any checkpoints' ones
+    checkpoints: tuple[int, ...] = ()
+    scores: dict[str, Any] | None = None
+    queue_pos: int | None = None
+
+    @property
+    def state(self) -> str:
+        return self.status.state
+
+    @property
+    def latest_sample(self) -> tuple[SampleSet, int] | None:
+        """The newest sample set and the index of the image to show (its first)."""
+        for sset in reversed(self.samples):
+            if sset.paths:
+                return sset, 0
+        return None
+
+    def score(self, key: str) -> float | None:
+        value = (self.scores or {}).get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def faceless(self) -> int | None:
+        value = (self.scores or {}).get("faceless")
+        if isinstance(value, list):  # tolerate a list of names
+            return len(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _resolve(run: RunDir, p: Any) -> Path:
+    path = Path(str(p))
+    return path if path.is_absolute() else run.path / path
+
+
+class RunTracker:
+    """Follows one run folder. Not thread-safe: one thread polls it."""
+
+    def __init__(self, run: RunDir, experiment: Experiment | None = None):
+        self.run = run
+        self.experiment = experiment
+        self.view = RunView(run.name)
+        self._status_key: object = _UNSET
+        self._scores_key: object = _UNSET
+        self._events = TailReader(run.events_jsonl)
+        self._events_ino: int | None = None
+        self._reset_events()
+
+    def _reset_events(self) -> None:
+        self._losses: list[tuple[int, float]] = []
+        self._stages: list[tuple[str, float]] = []
+        self._samples: dict[int, SampleSet] = {}
+        self._eval: list[EvalImage] = []
+        self._ckpts: list[int] = []
+        self._last_step: dict[str, Any] = {}
+
+    def set_queue_pos(self, pos: int | None) -> bool:
+        if pos == self.view.queue_pos:
+            return False
+        self.view = replace(self.view, queue_pos=pos)
+        return True
+
+    def poll(self) -> bool:
+        """Read what changed. True when the view changed (then `self.view` is a new object)."""
+        changes: dict[str, Any] = {}
+        key = _stat_key(self.run.status_json)
+        if key != self._status_key:
+            self._status_key = key
+            status = self.run.status()
+            changes["status"] = status
+            if self.experiment is not None:
+                changes["stale"] = self.run.stale(self.experiment)
+        key = _stat_key(self.run.scores_json)
+        if key != self._scores_key:
+            self._scores_key = key
+            changes["scores"] = self.run.scores()
+        if self._read_events():
+            last = self._last_step
+            changes.update(
+                step=last.get("step"),
+                total=last.get("total"),
+                loss=last.get("loss"),
+                lr=last.get("lr"),
+                sec_per_step=last.get("sec_per_step"),
+                eta_s=last.get("eta_s"),
+                mem_peak=last.get("mem_peak"),
+                losses=tuple(self._losses),
+                stages=tuple(self._stages),
+                samples=tuple(v for _, v in sorted(self._samples.items())),
+                eval_images=tuple(self._eval),
+                checkpoints=tuple(self._ckpts),
+            )
+        if not changes:
+            return False
+        self.view = replace(self.view, **changes)
+        return True
+
+    def _read_events(self) -> bool:
+        key = _stat_key(self.run.events_jsonl)
+        if key is None:
+            if self._events_ino is not None:  # the file went away (the run was reset)
+                self._events_ino = None
+                self._events = TailReader(self.run.events_jsonl)
+                self._reset_events()
+                return True
+            return False
+        if self._events_ino is not None and (key[0] != self._events_ino or key[2] < self._events.offset):
+            self._events = TailReader(self.run.events_jsonl)  # replaced or truncated: read it again
+            self._reset_events()
+        self._events_ino = key[0]
+        lines = self._events.read_lines()
+        changed = False
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a corrupt record; a half-written one is held back by TailReader
+            if isinstance(ev, dict):
+                changed |= self._apply(ev)
+        return changed
+
+    def _apply(self, ev: dict[str, Any]) -> bool:
+        kind = ev.get("type")
+        if kind == "step":
+            self._last_step = ev
+            step, loss = ev.get("step"), ev.get("loss")
+            if isinstance(step, int) and isinstance(loss, int | float):
+                if self._losses and step <= self._losses[-1][0]:
+                    # a resumed run replays steps after its checkpoint: the new values win
+                    while self._losses and self._losses[-1][0] >= step:
+                        self._losses.pop()
+                self._losses.append((step, float(loss)))
+                if len(self._losses) > MAX_LOSS_POINTS:
+                    del self._losses[: len(self._losses) - MAX_LOSS_POINTS]
+        elif kind == "stage":
+            self._stages.append((str(ev.get("stage")), float(ev.get("t") or 0.0)))
+        elif kind == "sample":
+            step = ev.get("step")
+            paths = ev.get("paths") or ([ev["path"]] if "path" in ev else [])
+            if isinstance(step, int):
+                prompts = tuple(str(p) for p in ev.get("prompts") or ())
+                self._samples[step] = SampleSet(step, tuple(_resolve(self.run, p) for p in paths), prompts)
+        elif kind == "eval_image" and "path" in ev:
+            path = _resolve(self.run, ev["path"])
+            self._eval = [e for e in self._eval if e.path != path]
+            ckpt = ev.get("checkpoint")
+            self._eval.append(
+                EvalImage(path, str(ev.get("prompt") or ""), ev.get("guidance"), ev.get("seed"),
+                          ckpt if isinstance(ckpt, int) else None)
+            )  # fmt: skip
+        elif kind == "checkpoint" and isinstance(ev.get("step"), int):
+            self._ckpts.append(ev["step"])
+        else:
+            return False
+        return True
+
+
+def eval_images_on_disk(run: RunDir, view: RunView) -> list[EvalImage]:
+    """The evaluation images: from the events, else (an older run, a lost events file) from the folder,
+    with prompts from scores.json's per-image list when it has them."""
+    if view.eval_images:
+        return [e for e in view.eval_images if e.checkpoint is None]
+    prompts: dict[str, str] = {}
+    for item in per_image(view.scores):
+        name = image_name(item)
+        if name:
+            prompts[name] = str(item.get("prompt") or "")
+    if not run.eval_dir.is_dir():
+        return []
+    return [EvalImage(p, prompts.get(p.name, "")) for p in sorted(run.eval_dir.glob("*.png"))]
+
+
+def samples_on_disk(run: RunDir, view: RunView) -> list[SampleSet]:
+    """Intermediate samples by step: from the events, else from samples/step_N/ folders."""
+    if view.samples:
+        return list(view.samples)
+    found = []
+    if run.samples_dir.is_dir():
+        for d in run.samples_dir.glob("step_*"):
+            suffix = d.name.removeprefix("step_")
+            if suffix.isdigit():
+                found.append(SampleSet(int(suffix), tuple(sorted(d.glob("*.png")))))
+    return sorted(found, key=lambda s: s.step)
+
+
+def image_name(item: dict[str, Any]) -> str:
+    """The file name of a per-image score entry (scores.json names it `image`; older files `path`)."""
+    return Path(str(item.get("image") or item.get("path") or item.get("file") or "")).name
+
+
+def per_image(scores: dict[str, Any] | None) -> list[dict[str, Any]]:
+    items = (scores or {}).get("per_image") or []
+    return [i for i in items if isinstance(i, dict)]
+
+
+def per_prompt(scores: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Rows of the per-prompt table, whether scores.json keeps them as a list or a mapping by prompt."""
+    raw = (scores or {}).get("per_prompt") or []
+    if isinstance(raw, dict):
+        return [{"prompt": k, **v} for k, v in raw.items() if isinstance(v, dict)]
+    return [r for r in raw if isinstance(r, dict)]

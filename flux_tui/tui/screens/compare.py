@@ -1,0 +1,179 @@
+"""Compare runs side by side: the prompt x run grid of evaluation images, as in the study's appendix table,
+with each image's CLIP score and face distance under it and each run's totals at the foot of its column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, ScrollableContainer
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Label, Static
+
+from flux_tui.config import Study
+from flux_tui.runs import RunDir, run_dir
+from flux_tui.tui.images import Thumbnail, load_thumbnail, png_text
+
+CELL_W = 26  # Thumbnail's width
+
+
+@dataclass
+class Cell:
+    path: Path
+    prompt: str
+    clip_score: float | None = None
+    face_distance: float | None = None
+    face: bool | None = None
+    image: PILImage.Image | None = None
+
+    @property
+    def caption(self) -> str:
+        if self.face is False:
+            face = "no face"
+        else:
+            face = f"face {self.face_distance:.3f}" if self.face_distance is not None else "face -"
+        clip = f"CLIP {self.clip_score:.3f}" if self.clip_score is not None else "CLIP -"
+        return f"{clip} · {face}"
+
+
+@dataclass
+class Column:
+    run: str
+    scores: dict[str, Any] | None
+    cells: dict[str, Cell] = field(default_factory=dict)  # prompt -> its first image
+
+    def totals(self) -> Text:
+        s = self.scores or {}
+        if not s:
+            return Text("not scored", style="dim")
+
+        def f(key: str, spec: str) -> str:
+            v = s.get(key)
+            return f"{v:{spec}}" if isinstance(v, int | float) else "-"
+
+        return Text(f"CLIP {f('clip_score', '.4f')}\nface {f('face_distance', '.4f')}\n"
+                    f"faceless {f('faceless', '.0f')} of {s.get('n_images', '-')}")  # fmt: skip
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str], list[Column]]:
+    """The prompts (in the runs' evaluation order) and one column per run with its first image per prompt.
+    Per-image scores come from scores.json, prompts from it or from the PNG metadata."""
+    prompts: list[str] = []
+    columns = []
+    for run in runs:
+        scores = run.scores()
+        per_image = {
+            str(row.get("image")): row for row in (scores or {}).get("per_image", []) if isinstance(row, dict)
+        }
+        col = Column(run.name, scores)
+        for p in run.config().get("eval_prompts", []):
+            if p not in prompts:
+                prompts.append(p)
+        for path in run.eval_images():
+            row = per_image.get(path.name, {})
+            prompt = str(row.get("prompt") or png_text(path).get("prompt") or path.stem)
+            if prompt in col.cells:
+                continue  # later guidance scales and seeds of the same prompt: the first one stands
+            face = row.get("face")
+            col.cells[prompt] = Cell(
+                path, prompt, _number(row.get("clip_score")), _number(row.get("face_distance")),
+                face if isinstance(face, bool) else None,
+                load_thumbnail(path) if with_images else None,
+            )  # fmt: skip
+            if prompt not in prompts:
+                prompts.append(prompt)
+        columns.append(col)
+    return prompts, columns
+
+
+class CompareScreen(Screen):
+    DEFAULT_CSS = f"""
+    CompareScreen #cmp-grid {{ height: 1fr; overflow: auto auto; }}
+    CompareScreen .cmp-row {{ height: auto; width: auto; }}
+    CompareScreen .cmp-prompt {{ width: 24; padding: 1 1 0 0; color: $text-muted; }}
+    CompareScreen .cmp-head {{ width: {CELL_W}; text-style: bold; padding: 0 1; }}
+    CompareScreen .cmp-empty {{ width: {CELL_W}; height: 15; content-align: center middle; color: $text-disabled; }}
+    CompareScreen .cmp-foot {{ width: {CELL_W}; height: 3; padding: 0 1; }}
+    CompareScreen #cmp-note {{ height: auto; padding: 0 1; color: $text-muted; }}
+    """
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self, names: list[str], study: Study | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = list(names)
+        self._study = study
+        self.prompts: list[str] = []
+        self.columns: list[Column] = []
+        self.loaded = False
+
+    @property
+    def study(self) -> Study:
+        return self._study or self.app.study  # type: ignore[attr-defined]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("loading images…", id="cmp-note")
+        yield ScrollableContainer(id="cmp-grid")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "compare " + ", ".join(self.names)
+        self.action_reload()
+
+    @work(thread=True, exclusive=True)
+    def action_reload(self) -> None:
+        prompts, columns = build_grid([run_dir(self.study, n) for n in self.names])
+        self.app.call_from_thread(self._show, prompts, columns)
+
+    async def _show(self, prompts: list[str], columns: list[Column]) -> None:
+        self.prompts, self.columns = prompts, columns
+        grid = self.query_one("#cmp-grid", ScrollableContainer)
+        await grid.remove_children()
+        rows = [Horizontal(Label("prompt", classes="cmp-prompt"),
+                           *(Label(c.run, classes="cmp-head", markup=False) for c in columns), classes="cmp-row")]  # fmt: skip
+        for prompt in prompts:
+            cells = []
+            for col in columns:
+                cell = col.cells.get(prompt)
+                if cell is None:
+                    cells.append(Static("no image", classes="cmp-empty"))
+                else:
+                    thumb = Thumbnail(cell.path, cell.caption, cell.image)
+                    thumb.tooltip = f"{col.run}: {prompt}"
+                    cells.append(thumb)
+            rows.append(
+                Horizontal(Label(prompt, classes="cmp-prompt", markup=False), *cells, classes="cmp-row")
+            )
+        rows.append(Horizontal(Label("run totals", classes="cmp-prompt"),
+                               *(Static(c.totals(), classes="cmp-foot") for c in columns), classes="cmp-row"))  # fmt: skip
+        await grid.mount_all(rows)
+        n_images = sum(len(c.cells) for c in columns)
+        note = f"{len(prompts)} prompt(s) x {len(columns)} run(s) · tab/shift+tab between images · enter: full size"
+        if not n_images:
+            note = "no evaluation images yet in these runs: they are made after training"
+        self.query_one("#cmp-note", Static).update(note)
+        first = self.query(Thumbnail).first() if n_images else None
+        if first is not None:
+            first.focus()
+        self.loaded = True
+
+    @on(Thumbnail.Opened)
+    def _open(self, event: Thumbnail.Opened) -> None:
+        from flux_tui.tui.screens.detail import ImageScreen
+
+        thumbs = list(self.query(Thumbnail))
+        items = [(t.path, f"{t.tooltip} · {t.caption}") for t in thumbs]
+        self.app.push_screen(ImageScreen(items, thumbs.index(event.thumbnail)))

@@ -1,0 +1,236 @@
+"""The main screen: the experiment matrix, and beside it the selected run's live log, loss curve and latest
+sample, with the machine's gauges below."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from flux_tui.runs import QUEUED, RUNNING
+from flux_tui.tui.gauges import GaugesPanel
+from flux_tui.tui.logpane import LogPane
+from flux_tui.tui.lossplot import LossPlot
+from flux_tui.tui.matrix import COLUMNS, MatrixTable
+from flux_tui.tui.messages import LogLines
+from flux_tui.tui.model import RunView
+from flux_tui.tui.sample import SampleView
+from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+
+if TYPE_CHECKING:
+    from flux_tui.tui.app import FluxApp
+
+DEMO_MARKER = ".flux-tui-demo.json"  # written by the demo builder at the workspace root
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "launch", "Launch/resume", priority=True),
+        Binding("a", "queue_all", "Queue all"),
+        Binding("x", "stop", "Stop"),
+        Binding("d", "detail", "Detail"),
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+        Binding("l", "focus_log", "Log", show=False),
+        Binding("escape", "back_to_matrix", "Matrix", show=False),
+    ]
+
+    app: FluxApp
+
+    def __init__(self) -> None:
+        super().__init__(id="dashboard")
+        self._followed: str | None = None
+        self._plot_view: RunView | None = None
+
+    def compose(self) -> ComposeResult:
+        study = self.app.study
+        yield Header()
+        if (study.workspace.root / DEMO_MARKER).exists():
+            yield Static(
+                "Demo workspace: the models have random weights, so samples and scores show how the "
+                "dashboard works, not the quality of a fine-tune.",
+                id="demo-banner",
+            )
+        with Horizontal(id="toolbar"):
+            yield Input(placeholder="/ filter: words in any column (name, group, state, …)", id="filter")
+            yield Static(id="summary")
+        yield MatrixTable(study, id="matrix")
+        with Horizontal(id="run-panel"):
+            yield LogPane(id="log")
+            with Vertical(id="run-side"):
+                yield LossPlot(id="loss")
+                yield SampleView(id="sample")
+        yield GaugesPanel(id="gauges")
+        yield Footer()
+
+    @property
+    def matrix(self) -> MatrixTable:
+        return self.query_one(MatrixTable)
+
+    def on_mount(self) -> None:
+        self.matrix.focus()
+        self.runs_changed(self.app.views)
+        self._follow_selected()
+        self.telemetry_read()
+
+    # -- updates from the watcher (through the app)
+    def runs_changed(self, views: dict[str, RunView]) -> None:
+        self.matrix.update_views(views)
+        self._update_summary()
+        name = self.matrix.selected_name
+        if name in views:
+            self._show_selected(views[name])
+
+    def log_lines(self, message: LogLines) -> None:
+        log = self.query_one(LogPane)
+        if message.reset or message.name != log.run_name:
+            log.show_run(message.name, message.lines)
+        else:
+            log.append(message.lines)
+
+    def telemetry_read(self) -> None:
+        self.query_one(GaugesPanel).show(self.app.sample, self.app.run_gpus)
+
+    def _update_summary(self) -> None:
+        views = self.app.views
+        counts: dict[str, int] = {}
+        for v in views.values():
+            counts[v.state] = counts.get(v.state, 0) + 1
+        parts = [f"{len(self.app.study.experiments)} experiments"]
+        parts += [
+            f"{counts[s]} {s}"
+            for s in ("running", "queued", "done", "failed", "oom", "cancelled")
+            if s in counts
+        ]
+        m = self.matrix
+        if m.sort_column:
+            label = next(c.label for c in COLUMNS if c.key == m.sort_column)
+            parts.append(f"sorted by {label} {'↓' if m.sort_reverse else '↑'}")
+        if m.filter_text:
+            parts.append(f"{len(m.visible_names())} shown")
+        self.query_one("#summary", Static).update(" · ".join(parts))
+
+    # -- the selected run
+    @on(DataTable.RowHighlighted, "#matrix")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._follow_selected()
+
+    def _follow_selected(self) -> None:
+        name = self.matrix.selected_name
+        if name != self._followed:
+            self._followed = name
+            self.app.follow(name)
+            self.query_one(LossPlot).set_points((), f"loss · {name}")
+        if name:
+            self._show_selected(self.app.views.get(name, RunView(name)))
+
+    def _show_selected(self, view: RunView) -> None:
+        # plotext redraws the whole plot: at most twice a second while a run streams steps
+        if self._plot_view is None:
+            self.set_timer(0.5, self._draw_plot)
+            if not self.query_one(LossPlot).has_points:
+                self.query_one(LossPlot).set_points(view.losses, f"loss · {view.name}")
+        self._plot_view = view
+        latest = view.latest_sample
+        if latest is None:
+            self.query_one(SampleView).show(None, "")
+        else:
+            sset, i = latest
+            self.query_one(SampleView).show(sset.paths[i], f"step {sset.step} · {sset.caption(i)}")
+        self.query_one(SampleView).border_title = f"latest sample · {view.name}"
+
+    def _draw_plot(self) -> None:
+        view, self._plot_view = self._plot_view, None
+        if view is not None and view.name == self.matrix.selected_name:
+            self.query_one(LossPlot).set_points(view.losses, f"loss · {view.name}")
+
+    # -- actions
+    def _selected(self) -> str | None:
+        name = self.matrix.selected_name
+        if name is None:
+            self.notify("No run selected", severity="warning")
+        return name
+
+    def action_launch(self) -> None:
+        if isinstance(self.focused, Input):
+            self.matrix.focus()  # enter in the filter box: done filtering
+            return
+        name = self._selected()
+        if name:
+            self.app.do_submit(name)
+
+    def action_queue_all(self) -> None:
+        self.app.do_queue_all()
+
+    def action_stop(self) -> None:
+        name = self._selected()
+        if not name:
+            return
+        view = self.app.views.get(name, RunView(name))
+        if view.state == RUNNING and name in self.app.term_sent:
+            waited = time.monotonic() - self.app.term_sent[name]
+
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.app.do_stop(name, kill=True)
+
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"{name} got SIGTERM {waited:.0f}s ago and is still running (saving a checkpoint can take a "
+                    f"while). Send SIGKILL to its process group? Work since its last checkpoint is lost.",
+                    yes="SIGKILL",
+                    no="Wait",
+                ),
+                answer,
+            )
+            return
+        if view.state not in (RUNNING, QUEUED):
+            self.notify(f"{name} is not running ({view.state})", severity="warning")
+            return
+        self.app.do_stop(name)
+
+    def action_detail(self) -> None:
+        name = self._selected()
+        if name:
+            self.app.open_detail(name)
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_back_to_matrix(self) -> None:
+        if isinstance(self.focused, Input) and self.focused.value:
+            self.focused.value = ""
+        self.matrix.focus()
+
+    def action_focus_log(self) -> None:
+        self.query_one(LogPane).focus()
+
+    def action_sort(self) -> None:
+        m = self.matrix
+        options = [(c.key, c.label if c.label != "#" else "# (number)") for c in COLUMNS]
+
+        def picked(key: str | None) -> None:
+            if key:
+                self.sort_by(key)
+
+        self.app.push_screen(ChoiceScreen("Sort by (again: reverse)", options, m.sort_column), picked)
+
+    def sort_by(self, key: str, reverse: bool | None = None) -> None:
+        self.matrix.sort_by(key, reverse)
+        self._update_summary()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.matrix.set_filter(event.value)
+        self._update_summary()
+        self._follow_selected()
+
+    @on(DataTable.HeaderSelected, "#matrix")
+    def _header_selected(self) -> None:
+        self._update_summary()

@@ -1,0 +1,364 @@
+"""One run in full: resolved config, stage timeline, loss curve, scores with the per-prompt table, the grid of
+evaluation images labelled with their prompts, intermediate samples by step, and any image full size."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image as PILImage
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, HorizontalScroll, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Label, Static, TabbedContent, TabPane
+
+from flux_tui.runs import FINISHED, RunDir, elapsed, run_dir
+from flux_tui.tui.format import duration, gib
+from flux_tui.tui.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.lossplot import LossPlot
+from flux_tui.tui.matrix import state_text
+from flux_tui.tui.model import (
+    EvalImage,
+    RunView,
+    SampleSet,
+    eval_images_on_disk,
+    image_name,
+    per_image,
+    per_prompt,
+    samples_on_disk,
+)
+
+if TYPE_CHECKING:
+    from flux_tui.tui.app import FluxApp
+
+THUMB_W = 26  # a Thumbnail's width in cells, border included
+
+
+def clock(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def timeline_text(view: RunView) -> Text:
+    """Stages in order with when each began and how long it took."""
+    st = view.status
+    out = Text()
+    if not view.stages and st.started_at is None:
+        return Text("not started", style="dim")
+    if st.started_at:
+        out += Text(f"started   {clock(st.started_at)}\n")
+    stages = list(view.stages)
+    end = st.finished_at if st.state in FINISHED and st.finished_at else time.time()
+    for i, (stage, t) in enumerate(stages):
+        nxt = stages[i + 1][1] if i + 1 < len(stages) else end
+        live = i + 1 == len(stages) and st.state not in FINISHED
+        out += Text(f"{stage:<9} ", style="bold") + Text(f"+{duration(t - (st.started_at or t)):>7}  ")
+        out += Text(
+            f"{duration(max(0.0, nxt - t))}{' so far' if live else ''}\n", style="yellow" if live else ""
+        )
+    if st.state in FINISHED:
+        took = elapsed(st)
+        out += Text(f"{st.state:<9} ", style="bold") + Text(
+            f"{clock(st.finished_at)}  total {duration(took)}\n"
+        )
+    return out
+
+
+def status_text(view: RunView, run: RunDir, root: Path | None = None) -> Text:
+    st = view.status
+    out = Text("state     ") + state_text(st, view.stale) + Text("\n")
+    if view.stale:
+        out += Text(f"stale     {view.stale}\n", style="italic red")
+    if st.device:
+        out += Text(f"device    {st.device}\n")
+    if st.pid:
+        out += Text(f"pid       {st.pid} on {st.host or '?'}\n")
+    if view.step is not None:
+        out += Text(f"step      {view.step}/{view.total or '?'}")
+        if view.sec_per_step:
+            out += Text(f"  {view.sec_per_step:.2f} s/step")
+        if view.mem_peak:
+            out += Text(f"  peak GPU memory {gib(view.mem_peak)} GiB")
+        out += Text("\n")
+    if view.checkpoints:
+        out += Text(f"checkpoints {', '.join(str(s) for s in view.checkpoints[-5:])}\n")
+    if st.exit_code is not None:
+        out += Text(f"exit code {st.exit_code}\n")
+    if st.message:
+        style = "red" if st.state in ("failed", "oom") else ""
+        out += Text(f"message   {st.message}\n", style=style)
+    if st.log_tail:
+        out += Text("last log lines:\n", style="bold") + Text("\n".join(st.log_tail[-10:]), style="dim")
+    where = run.path.relative_to(root) if root and run.path.is_relative_to(root) else run.path
+    out += Text(f"\nfolder    {where}", style="dim")
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return (
+        format(v, spec)
+        if isinstance(v, int | float) and not isinstance(v, bool)
+        else ("" if v is None else str(v))
+    )
+
+
+def scores_text(scores: dict[str, Any] | None, state: str) -> Text:
+    if not scores:
+        return Text("no scores yet" + (" (the run is not done)" if state != "done" else ""), style="dim")
+    out = Text()
+    rows = [
+        ("Face Distance Score (lower is better)", _fmt(scores.get("face_distance"), ".4f")),
+        ("identity similarity (cosine)", _fmt(scores.get("identity_similarity"), ".4f")),
+        ("CLIP score (0..1)", _fmt(scores.get("clip_score"), ".4f")),
+        ("CLIP score x100 (torchmetrics' scale)", _fmt(scores.get("clip_score_x100"), ".2f")),
+        ("images without a face", _fmt(scores.get("faceless"), "d")),
+        ("images scored", _fmt(scores.get("n_images"), "d")),
+    ]
+    for label, value in rows:
+        if value:
+            out += Text(f"{label:<40}", style="bold") + Text(f"{value}\n")
+    faceless = scores.get("faceless_images")
+    if faceless:
+        names = ", ".join(Path(str(p)).name for p in faceless)
+        out += Text(f"{'no face found in':<40}", style="bold") + Text(names + "\n", style="yellow")
+    return out
+
+
+class ImageScreen(ModalScreen[None]):
+    """One image as large as the terminal allows, with its prompt and metadata; arrows step through."""
+
+    DEFAULT_CSS = """
+    ImageScreen { align: center middle; background: $background 80%; }
+    ImageScreen > Vertical { width: 100%; height: 100%; border: thick $accent; background: $surface; }
+    ImageScreen #full-image { width: 1fr; height: 1fr; }
+    ImageScreen #full-caption { height: auto; max-height: 4; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("escape,q,enter", "dismiss", "Back"),
+        Binding("left", "step(-1)", "Previous"),
+        Binding("right", "step(1)", "Next"),
+    ]
+
+    def __init__(self, items: list[tuple[Path, str]], index: int = 0) -> None:
+        super().__init__()
+        self.items, self.index = items, index
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield ImageWidget(None, id="full-image")
+            yield Static(id="full-caption")
+
+    def on_mount(self) -> None:
+        self._show()
+
+    def action_step(self, delta: int) -> None:
+        self.index = (self.index + delta) % len(self.items)
+        self._show()
+
+    def _show(self) -> None:
+        path, caption = self.items[self.index]
+        self.query_one(Vertical).border_title = f"{path.name} ({self.index + 1}/{len(self.items)})"
+        self._load(path, caption)
+
+    @work(thread=True, exclusive=True)
+    def _load(self, path: Path, caption: str) -> None:
+        image = load_thumbnail(path, FULL_PX)
+        meta = png_text(path)
+        self.app.call_from_thread(self._set, image, caption, meta)
+
+    def _set(self, image: PILImage.Image | None, caption: str, meta: dict[str, str]) -> None:
+        self.query_one("#full-image", ImageWidget).image = image
+        text = Text(caption or "", style="bold")
+        extra = "  ".join(f"{k}: {v}" for k, v in meta.items() if k != "prompt" and len(v) < 80)
+        if extra:
+            text += Text("\n" + extra, style="dim")
+        if image is None:
+            text += Text("\n(the image cannot be read)", style="red")
+        self.query_one("#full-caption", Static).update(text)
+
+
+class RunDetailScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "reload_images", "Reload images", show=False),
+    ]
+
+    app: FluxApp
+
+    def __init__(self, name: str) -> None:
+        super().__init__(id="detail")
+        self.run_name = name
+        self.run: RunDir | None = None  # set on mount, when the app (and its study) is reachable
+        self._eval_paths: tuple[Path, ...] | None = None
+        self._sample_paths: tuple[Path, ...] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="detail-head")
+        with TabbedContent(id="detail-tabs"):
+            with TabPane("Overview", id="tab-overview"), Horizontal():
+                yield DataTable(id="config", cursor_type="row", zebra_stripes=True)
+                with VerticalScroll(id="overview-right"):
+                    yield Static(id="status")
+                    yield Static(id="timeline")
+            with TabPane("Loss", id="tab-loss"):
+                yield LossPlot(id="loss-full")
+            with TabPane("Scores", id="tab-scores"), Vertical():
+                yield Static(id="scores-summary")
+                yield DataTable(id="per-prompt", cursor_type="row", zebra_stripes=True)
+            with TabPane("Evaluation images", id="tab-eval"), VerticalScroll():
+                yield Label("", id="eval-note")
+                yield Container(id="eval-grid")
+            with TabPane("Samples by step", id="tab-samples"):
+                yield VerticalScroll(id="samples-list")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.run = run_dir(self.app.study, self.run_name)
+        self.sub_title = self.run_name
+        self._fill_config()
+        table = self.query_one("#per-prompt", DataTable)
+        for key, label in (("prompt", "prompt"), ("n", "images"), ("fd", "face dist ↓"), ("clip", "CLIP ↑"),
+                           ("faceless", "no face")):  # fmt: skip
+            table.add_column(label, key=key)
+        self.runs_changed(self.app.views)
+
+    @property
+    def view(self) -> RunView:
+        return self.app.views.get(self.run_name, RunView(self.run_name))
+
+    def _fill_config(self) -> None:
+        assert self.run is not None
+        table = self.query_one("#config", DataTable)
+        table.add_column("setting", key="k")
+        table.add_column("value", key="v")
+        config = self.run.config() or self.app.study.get(self.run_name).config_dict()
+        exp = self.app.study.get(self.run_name)
+        changed = set(self.run.changed_keys(exp))
+        for key in sorted(config):
+            value = config[key]
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            style = "italic red" if key in changed else ""
+            table.add_row(Text(key, style=style), Text(text, style=style), key=key)
+        table.border_title = "resolved config" + (" (red: changed in the file since)" if changed else "")
+
+    # -- updates
+    def runs_changed(self, views: dict[str, RunView]) -> None:
+        if self.run_name not in views or self.run is None:
+            return
+        view = views[self.run_name]
+        exp = self.app.study.get(self.run_name)
+        s = exp.settings
+        head = Text(f"{self.run_name}", style="bold") + Text(f" · {exp.group} · ")
+        head += state_text(view.status, view.stale)
+        head += Text(f"  · lr {s.learning_rate:g} · rank {s.lora_rank} · alpha {s.alpha} · {s.max_train_steps} steps"
+                     f" · {s.lr_scheduler} · {s.resolution}px")  # fmt: skip
+        self.query_one("#detail-head", Static).update(head)
+        self.query_one("#status", Static).update(status_text(view, self.run, self.app.study.workspace.root))
+        self.query_one("#timeline", Static).update(
+            Text("stage timeline\n", style="bold") + timeline_text(view)
+        )
+        self.query_one("#loss-full", LossPlot).set_points(view.losses, f"loss · {self.run_name}")
+        self.query_one("#scores-summary", Static).update(scores_text(view.scores, view.state))
+        self._fill_per_prompt(view)
+        self._refresh_images(view)
+
+    def _fill_per_prompt(self, view: RunView) -> None:
+        table = self.query_one("#per-prompt", DataTable)
+        table.clear()
+        for i, row in enumerate(per_prompt(view.scores)):
+            table.add_row(
+                str(row.get("prompt", "")),
+                _fmt(row.get("n_images", row.get("n")), "d"),
+                _fmt(row.get("face_distance"), ".4f"),
+                _fmt(row.get("clip_score"), ".4f"),
+                _fmt(row.get("faceless"), "d"),
+                key=str(i),
+            )
+
+    def _refresh_images(self, view: RunView) -> None:
+        assert self.run is not None
+        evals = eval_images_on_disk(self.run, view)
+        paths = tuple(e.path for e in evals)
+        if paths != self._eval_paths:
+            self._eval_paths = paths
+            self._load_eval(evals, view.scores)
+        samples = samples_on_disk(self.run, view)
+        spaths = tuple(p for sset in samples for p in sset.paths)
+        if spaths != self._sample_paths:
+            self._sample_paths = spaths
+            self._load_samples(samples)
+
+    def action_reload_images(self) -> None:
+        self._eval_paths = self._sample_paths = None
+        self._refresh_images(self.view)
+
+    # -- thumbnails, decoded off the event loop
+    @work(thread=True, exclusive=True, group="eval")
+    def _load_eval(self, evals: list[EvalImage], scores: dict[str, Any] | None) -> None:
+        by_name = {image_name(i): i for i in per_image(scores)}
+        items = []
+        for e in evals:
+            extra = by_name.get(e.path.name, {})
+            prompt = e.prompt or str(extra.get("prompt") or "") or png_text(e.path).get("prompt", "")
+            items.append((e.path, prompt, extra, load_thumbnail(e.path)))
+        self.app.call_from_thread(self._show_eval, items)
+
+    def _show_eval(self, items: list[tuple[Path, str, dict, PILImage.Image | None]]) -> None:
+        grid = self.query_one("#eval-grid", Container)
+        grid.remove_children()
+        note = self.query_one("#eval-note", Label)
+        if not items:
+            note.update("no evaluation images yet: they are made after training")
+            return
+        note.update(f"{len(items)} images · enter on one opens it full size")
+        thumbs = []
+        for path, prompt, extra, image in items:
+            caption = prompt
+            fd, clip = extra.get("face_distance"), extra.get("clip_score")
+            if isinstance(fd, int | float) or isinstance(clip, int | float):
+                caption = f"{prompt}\nfd {_fmt(fd, '.3f') or '-'} · clip {_fmt(clip, '.3f') or '-'}"
+            elif extra.get("face") is False or extra.get("faceless") is True:
+                caption = f"{prompt}\nno face"
+            thumb = Thumbnail(path, caption, image)
+            thumb.tooltip = prompt
+            thumbs.append(thumb)
+        grid.mount_all(thumbs)
+        self._fit_grid()
+
+    @work(thread=True, exclusive=True, group="samples")
+    def _load_samples(self, samples: list[SampleSet]) -> None:
+        rows = [
+            (s.step, [(p, s.caption(i), load_thumbnail(p)) for i, p in enumerate(s.paths)]) for s in samples
+        ]
+        self.app.call_from_thread(self._show_samples, rows)
+
+    def _show_samples(self, rows: list[tuple[int, list[tuple[Path, str, PILImage.Image | None]]]]) -> None:
+        box = self.query_one("#samples-list", VerticalScroll)
+        box.remove_children()
+        if not rows:
+            box.mount(Label("no intermediate samples (sample_every = 0, or none made yet)"))
+            return
+        for step, images in rows:
+            row = HorizontalScroll(classes="sample-row")
+            row.border_title = f"step {step}"
+            box.mount(row)
+            row.mount_all(Thumbnail(p, caption, im) for p, caption, im in images)
+
+    def on_resize(self) -> None:
+        self._fit_grid()
+
+    def _fit_grid(self) -> None:
+        grid = self.query_one("#eval-grid", Container)
+        grid.styles.grid_size_columns = max(1, (self.size.width - 4) // THUMB_W)
+
+    @on(Thumbnail.Opened)
+    def _open_image(self, event: Thumbnail.Opened) -> None:
+        thumbs = (
+            list(event.thumbnail.parent.query(Thumbnail)) if event.thumbnail.parent else [event.thumbnail]
+        )
+        items = [(t.path, t.caption.split("\n")[0]) for t in thumbs]
+        self.app.push_screen(ImageScreen(items, thumbs.index(event.thumbnail)))

@@ -1,0 +1,249 @@
+"""The leaderboard: finished runs (the ablation's pseudo-runs too) with their scores, sortable by each score,
+the best value of each column marked, and the top picks by the study's rule. `space` selects runs and
+`v` opens them side by side in the compare view."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from flux_tui import analysis, results
+from flux_tui.config import Study
+from flux_tui.results import LOWER_IS_BETTER, RunRecord
+from flux_tui.runs import DONE
+from flux_tui.tui.format import lr_text
+
+if TYPE_CHECKING:
+    from textual.widgets.data_table import ColumnKey
+
+# (key, label, format): the score columns, in the order shown.
+SCORE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("face_distance", "face dist ↓", ".4f"),
+    ("clip_score", "CLIP ↑", ".4f"),
+    ("identity_similarity", "identity ↑", ".3f"),
+    ("faceless", "faceless ↓", ".0f"),
+)
+SORT_KEYS = {"f": "face_distance", "c": "clip_score", "i": "identity_similarity", "n": "faceless"}
+BEST = "★"
+
+
+def board_rows(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs a leaderboard lists: those with scores, or done (scores may still be coming)."""
+    return [r for r in records if r.scores or r.status.state == DONE]
+
+
+def sorted_rows(rows: list[RunRecord], key: str | None, reverse: bool = False) -> list[RunRecord]:
+    """Best first by `key` (runs without that score last, whatever the direction); None: file order."""
+    if key is None:
+        return list(rows)
+    with_score = [r for r in rows if r.score(key) is not None]
+    without = [r for r in rows if r.score(key) is None]
+    with_score.sort(key=analysis.sort_key(key), reverse=reverse)
+    return with_score + without
+
+
+def _hp(r: RunRecord, key: str) -> str:
+    v = r.hp(key)
+    if v is None:
+        return "-"
+    return lr_text(v) if key == "learning_rate" and isinstance(v, int | float) else str(v)
+
+
+def score_cell(r: RunRecord, key: str, spec: str, best: dict[str, float]) -> Text:
+    v = r.score(key)
+    if v is None:
+        return Text("-", style="dim", justify="right")
+    if key in best and v == best[key]:
+        return Text(f"{v:{spec}} {BEST}", style="bold green", justify="right")
+    return Text(f"{v:{spec}}  ", justify="right")
+
+
+class LeaderboardScreen(Screen):
+    DEFAULT_CSS = """
+    LeaderboardScreen #lb-table { height: 1fr; }
+    LeaderboardScreen #lb-summary { height: auto; padding: 0 1; color: $text-muted; }
+    LeaderboardScreen #lb-picks { height: auto; max-height: 8; padding: 0 1; border: round $panel;
+                                  border-title-color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("f", "sort('face_distance')", "Face dist"),
+        Binding("c", "sort('clip_score')", "CLIP"),
+        Binding("n", "sort('faceless')", "Faceless"),
+        Binding("i", "sort('identity_similarity')", "Identity", show=False),
+        Binding("o", "sort('')", "File order", show=False),
+        Binding("space", "toggle_select", "Select"),
+        Binding("v", "compare", "Compare"),
+        Binding("r", "refresh", "Reload"),
+    ]
+
+    def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._study = study
+        self.records: list[RunRecord] = []
+        self.rows: list[RunRecord] = []
+        self.sort_key: str | None = "face_distance"
+        self.sort_reverse = False
+        self.selected: set[str] = set()
+        self.loaded = False
+
+    @property
+    def study(self) -> Study:
+        return self._study or self.app.study  # type: ignore[attr-defined]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="lb-summary")
+        yield DataTable(id="lb-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="lb-picks")
+        yield Footer()
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#lb-table", DataTable)
+
+    def on_mount(self) -> None:
+        self.query_one("#lb-picks", Static).border_title = "top picks"
+        t = self.table
+        t.add_column(" ", key="sel")
+        t.add_column("#", key="number")
+        t.add_column("run", key="name")
+        t.add_column("kind", key="kind")
+        for key, label in (("learning_rate", "lr"), ("lora_rank", "rank"), ("lora_alpha", "alpha"),
+                           ("max_train_steps", "steps"), ("lr_scheduler", "scheduler")):  # fmt: skip
+            t.add_column(label, key=key)
+        for key, label, _ in SCORE_COLUMNS:
+            t.add_column(label, key=key)
+        t.add_column("images", key="n_images")
+        t.add_column("pick", key="pick")
+        t.focus()
+        self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    # -- data, read off the event loop
+    @work(thread=True, exclusive=True, group="leaderboard")
+    def action_refresh(self) -> None:
+        records = results.collect(self.study)
+        self.app.call_from_thread(self.show_records, records)
+
+    def show_records(self, records: list[RunRecord]) -> None:
+        self.records = records
+        self.loaded = True
+        self._render_table()
+
+    def _render_table(self) -> None:
+        t = self.table
+        current = self.highlighted_name
+        board = board_rows(self.records)
+        self.rows = sorted_rows(board, self.sort_key, self.sort_reverse)
+        best = analysis.best_values(board)
+        picks = {r.name: i + 1 for i, r in enumerate(analysis.top_picks(board))}
+        t.clear()
+        for r in self.rows:
+            t.add_row(
+                Text("✓", style="bold") if r.name in self.selected else "",
+                "" if r.number is None else str(r.number),
+                r.name,
+                r.kind,
+                *(
+                    _hp(r, k)
+                    for k in ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler")
+                ),
+                *(score_cell(r, key, spec, best) for key, _, spec in SCORE_COLUMNS),
+                str((r.scores or {}).get("n_images", "")),
+                Text(f"{BEST}{picks[r.name]}", style="bold yellow") if r.name in picks else "",
+                key=r.name,
+            )
+        for key, label, _ in SCORE_COLUMNS:
+            arrow = ""
+            if key == self.sort_key:
+                arrow = " ▲" if self.sort_reverse else " ▼"  # ▼: best first
+            t.columns[_column_key(key)].label = Text(label + arrow, style="bold" if arrow else "")
+        if current in {r.name for r in self.rows}:
+            t.move_cursor(row=t.get_row_index(current))
+        self._render_summary(board, picks)
+
+    def _render_summary(self, board: list[RunRecord], picks: dict[str, int]) -> None:
+        scored = analysis.scored(board)
+        order = "file order" if not self.sort_key else (
+            f"sorted by {analysis.LABELS[self.sort_key]} "
+            f"({'worst' if self.sort_reverse else 'best'} first; "
+            f"{'lower' if LOWER_IS_BETTER[self.sort_key] else 'higher'} is better)"
+        )  # fmt: skip
+        sel = f" · {len(self.selected)} selected" if self.selected else ""
+        self.query_one("#lb-summary", Static).update(
+            f"{len(board)} finished run(s), {len(scored)} scored · {order} · {BEST} best of a column{sel}"
+        )
+        if not scored:
+            text = Text("no scored runs yet: scores appear when a run's evaluation is done", style="dim")
+        else:
+            text = Text(f"rule: {analysis.PICK_RULE}\n", style="dim")
+            by_name = {r.name: r for r in board}
+            for name, i in sorted(picks.items(), key=lambda x: x[1]):
+                r = by_name[name]
+                text += Text(f"{BEST}{i} {name}", style="bold yellow")
+                text += Text(
+                    f"  face {r.score('face_distance'):.4f} · CLIP {r.score('clip_score'):.4f} · "
+                    f"faceless {r.score('faceless') or 0:.0f} · lr {_hp(r, 'learning_rate')} rank {_hp(r, 'lora_rank')} "
+                    f"steps {_hp(r, 'max_train_steps')}\n"
+                )
+        self.query_one("#lb-picks", Static).update(text)
+
+    # -- actions
+    @property
+    def highlighted_name(self) -> str | None:
+        t = self.table
+        if not self.rows or t.cursor_row < 0 or t.cursor_row >= len(self.rows):
+            return None
+        return self.rows[t.cursor_row].name
+
+    def action_sort(self, key: str) -> None:
+        if not key:
+            self.sort_key, self.sort_reverse = None, False
+        elif key == self.sort_key:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_key, self.sort_reverse = key, False
+        self._render_table()
+
+    def action_toggle_select(self) -> None:
+        name = self.highlighted_name
+        if name is None:
+            return
+        self.selected ^= {name}
+        self._render_table()
+        t = self.table
+        if t.cursor_row < t.row_count - 1:
+            t.move_cursor(row=t.cursor_row + 1)
+
+    def action_compare(self) -> None:
+        names = [r.name for r in self.rows if r.name in self.selected]
+        if not names:
+            picks = analysis.top_picks(board_rows(self.records))
+            names = [r.name for r in picks] or ([self.highlighted_name] if self.highlighted_name else [])
+            if not names:
+                self.notify("No runs to compare: select some with space", severity="warning")
+                return
+            self.notify(f"Nothing selected (space): comparing the top picks {', '.join(names)}")
+        from flux_tui.tui.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen(names, study=self.study))
+
+    @on(DataTable.HeaderSelected, "#lb-table")
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key in results.SCORE_KEYS:
+            self.action_sort(key)
+
+
+def _column_key(key: str) -> ColumnKey:
+    from textual.widgets.data_table import ColumnKey
+
+    return ColumnKey(key)

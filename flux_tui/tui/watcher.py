@@ -1,0 +1,143 @@
+"""The watcher thread: everything that touches the disk or the machine, off the event loop.
+
+Every `interval` it reads the followed run's new train.log bytes; every `status_every` the run folders
+(status, events, scores; only what changed); every `tick_every` it lets the scheduler start queued runs;
+every `telemetry_every` it reads the GPUs and the host. Results go to the app as messages, in batches.
+It polls rather than relying on inotify, which does not see writes made on another NFS client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from textual.message import Message
+
+from flux_tui.config import Study
+from flux_tui.fsutil import TailReader
+from flux_tui.runs import RUNNING, run_dir
+from flux_tui.scheduler import Scheduler
+from flux_tui.telemetry import Telemetry, process_tree
+from flux_tui.tui.gauges import RunGpu
+from flux_tui.tui.logpane import MAX_LINES
+from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
+from flux_tui.tui.model import RunTracker
+
+LOG_INITIAL_BYTES = 512 * 1024  # of a long log, the first read shows only its end
+
+
+class Watcher(threading.Thread):
+    def __init__(
+        self,
+        study: Study,
+        post: Callable[[Message], object],
+        *,
+        scheduler: Scheduler | None = None,
+        telemetry: Telemetry | None = None,
+        interval: float = 0.1,
+        status_every: float = 0.25,
+        tick_every: float = 1.0,
+        telemetry_every: float = 2.0,
+    ) -> None:
+        super().__init__(name="flux-tui-watcher", daemon=True)
+        self.study = study
+        self.post = post
+        self.scheduler = scheduler
+        self.telemetry = telemetry
+        self.interval = interval
+        self.status_every = status_every
+        self.tick_every = tick_every
+        self.telemetry_every = telemetry_every
+        self.trackers = {e.name: RunTracker(run_dir(study, e.name), e) for e in study.experiments}
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._follow: str | None = None
+        self._follow_changed = False
+        self._log: TailReader | None = None
+        self._errors = 0
+
+    # -- called from the event loop
+    def follow(self, name: str | None) -> None:
+        """Tail this run's train.log from now on (its recent end is sent first)."""
+        with self._lock:
+            if name != self._follow:
+                self._follow, self._follow_changed = name, True
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Do a full cycle now (after a user action changed the folders)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+
+    # -- the thread
+    def run(self) -> None:
+        last_status = last_tick = last_tele = 0.0
+        first = True
+        while not self._halt.is_set():
+            now = time.monotonic()
+            woken = self._wake.is_set()
+            self._wake.clear()
+            try:
+                self._read_log()
+                if self.scheduler is not None and (woken or now - last_tick >= self.tick_every):
+                    last_tick = now
+                    started = self.scheduler.tick()
+                    if started:
+                        self.post(RunsStarted(started))
+                        woken = True
+                if first or woken or now - last_status >= self.status_every:
+                    last_status = now
+                    self._read_runs(first)
+                    first = False
+                if self.telemetry is not None and now - last_tele >= self.telemetry_every:
+                    last_tele = now
+                    self._read_machine()
+            except Exception:  # keep watching; say what broke once in a while
+                self._errors += 1
+                if self._errors <= 3:
+                    self.post(WatcherFailed(traceback.format_exc(limit=3)))
+            self._wake.wait(self.interval)
+
+    def _read_log(self) -> None:
+        with self._lock:
+            name, changed = self._follow, self._follow_changed
+            self._follow_changed = False
+        if changed:
+            self._log = TailReader(run_dir(self.study, name).train_log, LOG_INITIAL_BYTES) if name else None
+            lines = self._log.read_lines() if self._log else []
+            self.post(LogLines(name, lines[-MAX_LINES:], reset=True))
+            return
+        if self._log is None:
+            return
+        lines = self._log.read_lines()
+        if lines:
+            self.post(LogLines(name, lines[-MAX_LINES:], reset=len(lines) > MAX_LINES))
+
+    def _read_runs(self, first: bool) -> None:
+        changed = {n for n, t in self.trackers.items() if t.poll()}
+        queued = sorted(
+            (t.view.status.queued_at or 0.0, n) for n, t in self.trackers.items() if t.view.state == "queued"
+        )
+        positions = {n: i + 1 for i, (_, n) in enumerate(queued)}
+        changed |= {n for n, t in self.trackers.items() if t.set_queue_pos(positions.get(n))}
+        if changed or first:
+            names = self.trackers if first else changed
+            self.post(RunsChanged({n: self.trackers[n].view for n in names}, first))
+
+    def _read_machine(self) -> None:
+        assert self.telemetry is not None
+        sample = self.telemetry.sample()
+        runs = []
+        for name, t in self.trackers.items():
+            st = t.view.status
+            if st.state != RUNNING or not st.pid:
+                continue
+            mem = sample.gpu_mem_of(process_tree(st.pid)) if sample.gpus else 0
+            runs.append(RunGpu(name, st.pid, st.device, mem))
+        self.post(TelemetryRead(sample, runs))
