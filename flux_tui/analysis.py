@@ -161,12 +161,13 @@ def _guidance_comparisons(records: list[RunRecord]) -> list[Comparison]:
         per_g = (r.scores or {}).get("per_guidance")
         if not isinstance(per_g, list) or len(per_g) < 2:
             continue
-        rows = sorted(per_g, key=lambda d: d.get("guidance", 0))
+        # engine.score writes `guidance_scale`; `guidance` is accepted too
+        rows = sorted(per_g, key=lambda d: d.get("guidance_scale", d.get("guidance", 0)))
         out.append(
             Comparison(
                 key="guidance",
                 fixed={"run": r.name},
-                values=[d.get("guidance") for d in rows],
+                values=[d.get("guidance_scale", d.get("guidance")) for d in rows],
                 runs=[r.name] * len(rows),
                 scores={s: [d.get(s) for d in rows] for s in SCORE_KEYS},
             )
