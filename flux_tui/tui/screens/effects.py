@@ -155,11 +155,8 @@ class EffectsScreen(Screen):
                     yield Static(classes="fx-runs")
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.action_reload()
-
     def on_screen_resume(self) -> None:
-        self.action_reload()
+        self.action_reload()  # on first show too: scores may have come in since
 
     @work(thread=True, exclusive=True)
     def action_reload(self) -> None:

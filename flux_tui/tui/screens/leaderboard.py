@@ -122,10 +122,9 @@ class LeaderboardScreen(Screen):
         t.add_column("images", key="n_images")
         t.add_column("pick", key="pick")
         t.focus()
-        self.action_refresh()
 
     def on_screen_resume(self) -> None:
-        self.action_refresh()
+        self.action_refresh()  # on first show too: runs may have finished since
 
     # -- data, read off the event loop
     @work(thread=True, exclusive=True, group="leaderboard")
