@@ -168,18 +168,9 @@ class FaceEmbedder:
         self.weights_sha = _sha256(self.weights)
 
     def faces(self, images: Sequence[Image.Image]) -> list[Any]:
-        """MTCNN's face crops (3x160x160 tensors) or None per image; same-size images go as one batch."""
-        out: list[Any] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            by_size.setdefault(im.size, []).append(i)
-        for idx in by_size.values():
-            for start in range(0, len(idx), BATCH):
-                chunk = idx[start : start + BATCH]
-                crops = self.mtcnn([images[i] for i in chunk])
-                for i, crop in zip(chunk, crops, strict=True):
-                    out[i] = crop
-        return out
+        """MTCNN's face crops (3x160x160 tensors) or None per image. One image per call: facenet-pytorch
+        2.5's batch mode fails under numpy 2 when a batch mixes images with and without a face."""
+        return [self.mtcnn(im) for im in images]
 
     def embed(self, images: Sequence[Image.Image]) -> list[Any]:
         import torch
