@@ -1,0 +1,108 @@
+"""The playground screen (Pilot) with the real engine process and the demo's tiny models: type a prompt,
+press ctrl+g, the image appears with its scores; the screen answers keys while the engine works; the second
+prompt reuses the loaded pipeline; reference photos are added by path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable, Input, ProgressBar, SelectionList, Static
+
+from flux_tui import config
+from flux_tui.tui.images import ImageWidget
+from flux_tui.tui.screens.playground import PlaygroundScreen, parse_weights
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def study(demo_workspace: Path, tmp_path: Path) -> config.Study:
+    """The demo study (models, photos) with its workspace moved to a scratch folder: images land there."""
+    study = config.load(demo_workspace / "experiments.toml")
+    ws = dataclasses.replace(study.workspace, root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+    return dataclasses.replace(study, workspace=ws)
+
+
+class ScreenApp(App[None]):
+    def __init__(self, study: config.Study) -> None:
+        super().__init__()
+        self.study = study
+
+    def compose(self) -> ComposeResult:
+        yield Static("host")
+
+    def on_mount(self) -> None:
+        self.push_screen(PlaygroundScreen())
+
+
+async def _until(pilot, predicate, seconds: float = 300) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_prompt_in_image_and_scores_out_with_the_pipeline_kept(study: config.Study) -> None:
+    app = ScreenApp(study)
+    async with app.run_test(size=(160, 50)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, PlaygroundScreen)
+        assert not list(screen.query_one("#pg-loras", SelectionList).selected)  # no runs yet: base model
+        await _until(pilot, lambda: screen.engine_ready, 120)
+
+        # Reference photos by path: the prefilled training photos of the study.
+        assert screen.query_one("#pg-ref", Input).value == str(study.experiments[0].settings.data_dir)
+        await pilot.click("#pg-ref")
+        await pilot.press("enter")
+        await _until(pilot, lambda: "6 reference photo(s), 6 with a face" in str(screen.query_one("#pg-refs").render()))
+
+        screen.query_one("#pg-steps", Input).value = "3"
+        prompt = screen.query_one("#pg-prompt", Input)
+        prompt.focus()
+        await pilot.press(*"a photo of cr7man")
+        await pilot.press("ctrl+g")
+        assert screen.busy
+        # The dashboard stays responsive while the engine works: keys still reach the form.
+        await pilot.press("ctrl+n")
+        assert screen.query_one("#pg-seed", Input).value == "1"
+        await pilot.press("ctrl+g")  # a second press while busy is refused, not queued
+        await _until(pilot, lambda: len(screen.results) == 1)
+        first = screen.results[0]
+        assert Path(first["path"]).parent == study.workspace.root / "playground"
+        assert first["seed"] == 0 and first["steps"] == 3 and first["loras"] == []
+        assert first["counters"]["pipeline_loads"] == 1
+        scores = str(screen.query_one("#pg-scores", Static).render())
+        assert f"CLIP score {first['clip_score']:.4f}" in scores and "face found no" in scores
+        assert "loaded the model in" in scores
+        await _until(pilot, lambda: screen.query_one("#pg-image", ImageWidget).image is not None, 30)
+        assert screen.query_one("#pg-progress", ProgressBar).percentage == 1.0
+
+        # Enter in the prompt generates again (seed now 1): the pipeline stays loaded.
+        prompt.focus()
+        await pilot.press("enter")
+        await _until(pilot, lambda: len(screen.results) == 2)
+        second = screen.results[1]
+        assert second["seed"] == 1
+        assert second["counters"]["pipeline_loads"] == 1 and second["timings"]["load_s"] == 0.0
+        assert "model reused" in str(screen.query_one("#pg-scores", Static).render())
+        assert screen.query_one("#pg-history", DataTable).row_count == 2
+
+        # A bad field is named before anything is sent.
+        screen.query_one("#pg-size", Input).value = "70"
+        await pilot.press("ctrl+g")
+        assert not screen.busy and len(screen.results) == 2
+        client = screen.client
+    assert client is not None and not client.alive  # leaving the screen shut the process down
+
+
+def test_weights_one_per_lora() -> None:
+    assert parse_weights("", 2) == [1.0, 1.0]
+    assert parse_weights("0.8, 0.7", 2) == [0.8, 0.7]
+    with pytest.raises(ValueError, match="1 given for 2 chosen LoRA"):
+        parse_weights("0.5", 2)
+    with pytest.raises(ValueError, match="expected numbers"):
+        parse_weights("a,b", 2)
