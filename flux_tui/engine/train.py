@@ -367,22 +367,11 @@ class Trainer:
             PROGRESS["step"] = step
             self.faults.before_step(step)
             t0 = time.perf_counter()
-            loss_sum = 0.0
-            for micro in range(accum):
-                loss = self._loss((step - 1) * accum + micro)
-                self.accelerator.backward(loss / accum)
-                loss_sum += float(loss.detach())
-            grad_norm = self.accelerator.clip_grad_norm_(self.params, s.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if is_cuda:
-                torch.cuda.synchronize()
+            loss_value, grad_norm = self.train_step(step)
             self.step = step
             self.faults.after_step()
             recent.append(time.perf_counter() - t0)
             sec = sum(recent) / len(recent)
-            loss_value = loss_sum / accum
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"the loss became {loss_value} at step {step}; lower learning_rate")
             event = {
@@ -408,6 +397,22 @@ class Trainer:
                     self._checkpoint(checkpoint, lora)
                 raise Cancelled(self.stop.signum, step)
         self.stop.soft = False
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step (all its accumulation micro-batches). Returns (mean loss, gradient norm)."""
+        accum = self.s.gradient_accumulation_steps
+        loss_sum = 0.0
+        for micro in range(accum):
+            loss = self._loss((step - 1) * accum + micro)
+            self.accelerator.backward(loss / accum)
+            loss_sum += float(loss.detach())
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.s.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.device.type == "cuda":
+            self.torch.cuda.synchronize()
+        return loss_sum / accum, float(grad_norm)
 
     def _checkpoint(self, checkpoint, lora) -> None:
         path = checkpoint.save(
