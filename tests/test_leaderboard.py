@@ -172,3 +172,30 @@ def test_grid_reads_prompts_from_png_metadata_when_scores_are_missing(study: con
     assert [c.prompt for c in col.cells.values()] == PROMPTS
     assert col.cells[PROMPTS[0]].caption == "CLIP - · face -"
     assert str(col.totals()) == "not scored"
+
+
+async def test_the_dashboard_switches_to_the_analysis_views_and_the_board_follows_new_scores(
+    study: config.Study,
+) -> None:
+    from flux_tui.tui.app import FluxApp
+    from flux_tui.tui.screens.effects import EffectsScreen
+    from flux_tui.tui.screens.playground import PlaygroundScreen
+
+    app = FluxApp(study, run_queue=False, telemetry=None, interval=0.05, status_every=0.05)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("2")
+        board = app.screen
+        assert isinstance(board, LeaderboardScreen)
+        await _until(pilot, lambda: board.loaded)
+        assert "queued" not in _names(board)
+        # The queued run finishes and gets scores: the watcher tells the board, which reads them again.
+        run = runs.run_dir(study, "queued")
+        write_scores(run, 0.65, 0.320, 0, tint=10)
+        run.write_status(state=runs.DONE)
+        await _until(pilot, lambda: _names(board)[:1] == ["queued"])
+        await pilot.press("3")
+        assert isinstance(app.screen, EffectsScreen)
+        await pilot.press("4")
+        assert isinstance(app.screen, PlaygroundScreen)
+        await pilot.press("escape", "1")  # out of the prompt field, then back to the matrix
+        assert app.current_mode == "matrix"

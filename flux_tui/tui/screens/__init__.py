@@ -24,6 +24,27 @@ def _dashboard() -> Screen:
     return DashboardScreen()
 
 
+def _leaderboard() -> Screen:
+    from flux_tui.tui.screens.leaderboard import LeaderboardScreen
+
+    return LeaderboardScreen()
+
+
+def _effects() -> Screen:
+    from flux_tui.tui.screens.effects import EffectsScreen
+
+    return EffectsScreen()
+
+
+def _playground() -> Screen:
+    from flux_tui.tui.screens.playground import PlaygroundScreen
+
+    return PlaygroundScreen()
+
+
 VIEWS: list[View] = [
     View("matrix", "1", "Matrix", _dashboard),
+    View("leaderboard", "2", "Leaderboard", _leaderboard),
+    View("effects", "3", "Effects", _effects),
+    View("playground", "4", "Playground", _playground),
 ]

@@ -139,6 +139,7 @@ class EffectsScreen(Screen):
         self._study = study
         self.effects: list[Effect] = []
         self.loaded = False
+        self._states: dict[str, tuple[str, bool]] = {}
 
     @property
     def study(self) -> Study:
@@ -154,6 +155,16 @@ class EffectsScreen(Screen):
                     yield Horizontal(classes="fx-charts")
                     yield Static(classes="fx-runs")
         yield Footer()
+
+    def runs_changed(self, views: dict[str, Any]) -> None:
+        """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
+        changed = False
+        for name, view in views.items():
+            state = (view.state, view.scores is not None)
+            changed |= self._states.get(name) != state
+            self._states[name] = state
+        if changed and self.loaded and self.is_current:
+            self.action_reload()
 
     def on_screen_resume(self) -> None:
         self.action_reload()  # on first show too: scores may have come in since

@@ -91,6 +91,7 @@ class LeaderboardScreen(Screen):
         self.sort_reverse = False
         self.selected: set[str] = set()
         self.loaded = False
+        self._states: dict[str, tuple[str, bool]] = {}
 
     @property
     def study(self) -> Study:
@@ -122,6 +123,16 @@ class LeaderboardScreen(Screen):
         t.add_column("images", key="n_images")
         t.add_column("pick", key="pick")
         t.focus()
+
+    def runs_changed(self, views: dict[str, Any]) -> None:
+        """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
+        changed = False
+        for name, view in views.items():
+            state = (view.state, view.scores is not None)
+            changed |= self._states.get(name) != state
+            self._states[name] = state
+        if changed and self.loaded and self.is_current:
+            self.action_refresh()
 
     def on_screen_resume(self) -> None:
         self.action_refresh()  # on first show too: runs may have finished since

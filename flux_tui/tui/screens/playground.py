@@ -109,6 +109,7 @@ class PlaygroundScreen(Screen):
         Binding("ctrl+r", "add_reference", "Add reference", priority=True),
         Binding("ctrl+l", "load", "Load model now", priority=True),
         Binding("ctrl+n", "next_seed", "Seed +1", priority=True),
+        Binding("escape", "leave_form", "Leave form (then 1-4 switch views)"),
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
@@ -332,6 +333,9 @@ class PlaygroundScreen(Screen):
             seed.value = str(int(seed.value or 0) + 1)
         except ValueError:
             seed.value = "0"
+
+    def action_leave_form(self) -> None:
+        self.query_one("#pg-history", DataTable).focus()  # out of the text fields: view keys work again
 
     @on(Input.Submitted, "#pg-prompt")
     def _prompt_submitted(self) -> None:
