@@ -4,6 +4,7 @@ sample, with the machine's gauges below."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from textual import on
@@ -11,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from flux_tui.runs import QUEUED, RUNNING
@@ -47,6 +49,7 @@ class DashboardScreen(Screen):
         super().__init__(id="dashboard")
         self._followed: str | None = None
         self._plot_view: RunView | None = None
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         study = self.app.study
@@ -227,7 +230,14 @@ class DashboardScreen(Screen):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.matrix.set_filter(event.value)
+        # Re-filter when typing pauses, not on every key (each new selection reloads a log and an image).
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(0.15, partial(self._apply_filter, event.value))
+
+    def _apply_filter(self, text: str) -> None:
+        self._filter_timer = None
+        self.matrix.set_filter(text)
         self._update_summary()
         self._follow_selected()
 

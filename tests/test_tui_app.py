@@ -1,0 +1,346 @@
+"""The dashboard driven from the keyboard (Textual Pilot) over run folders written by hand: the matrix,
+sorting and filtering, the live log, gauges, stopping runs, the detail screen, help, quitting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Static, TabbedContent
+from tui_helpers import FixedTelemetry, make_study, populated_study, sleeper, write_run
+
+from flux_tui.runs import CANCELLED, QUEUED, RunDir
+from flux_tui.tui.app import FluxApp
+from flux_tui.tui.gauges import GaugesPanel
+from flux_tui.tui.images import ImageWidget, Thumbnail
+from flux_tui.tui.logpane import LogPane
+from flux_tui.tui.lossplot import LossPlot
+from flux_tui.tui.matrix import MatrixTable
+from flux_tui.tui.screens.detail import ImageScreen, RunDetailScreen
+from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from flux_tui.tui.screens.help import HelpScreen
+
+SIZE = (160, 45)
+
+
+async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {pred}")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    proc = sleeper()
+    study = populated_study(tmp_path / "ws", running_pid=proc.pid)
+    yield study, proc
+    proc.kill()
+    proc.wait()
+
+
+def matrix(app: FluxApp) -> MatrixTable:
+    return app.screen.query_one(MatrixTable)
+
+
+def cell(app: FluxApp, name: str, column: str) -> str:
+    return str(matrix(app).get_cell(name, column))
+
+
+def fast_app(study, **kwargs) -> FluxApp:
+    kwargs.setdefault("run_queue", False)
+    kwargs.setdefault("telemetry", FixedTelemetry())
+    return FluxApp(study, interval=0.05, status_every=0.05, telemetry_every=0.2, **kwargs)
+
+
+async def test_matrix_shows_each_runs_state_progress_and_scores_with_the_best_marked(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.pause()
+        assert cell(app, "exp01", "state") == "done"
+        assert cell(app, "exp03", "state") == "running:train"
+        assert cell(app, "exp03", "progress") == "23/40"
+        assert cell(app, "exp04", "progress") == "queue #1"
+        assert cell(app, "exp05", "state") == "failed"
+        assert cell(app, "exp06", "state") == "new"
+        assert cell(app, "exp01", "face_distance") == "0.7571"
+        assert cell(app, "exp02", "clip_score") == "0.2945"
+        assert cell(app, "exp03", "eta") == "8s"  # (40 - 23) steps x 0.5 s
+        # lower face distance and higher CLIP score are marked best
+        best = matrix(app).get_cell("exp01", "face_distance")
+        assert "green" in str(best.style)
+        assert "green" not in str(getattr(matrix(app).get_cell("exp02", "face_distance"), "style", ""))
+        summary = str(app.screen.query_one("#summary", Static).render())
+        assert "1 running" in summary and "2 done" in summary and "1 queued" in summary
+
+
+async def test_sort_from_the_keyboard_and_again_to_reverse(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.press("s")
+        assert isinstance(app.screen, ChoiceScreen)
+        keys = [o.id for o in app.screen.query_one("OptionList").options]
+        assert keys[-3:] == ["face_distance", "clip_score", "faceless"]
+        await pilot.press("end", "up", "up", "enter")
+        await pilot.pause()
+        order = matrix(app).visible_names()
+        assert order[:2] == ["exp01", "exp02"]  # 0.7571 < 0.7933; runs without a score after
+        await pilot.press("s", "enter")  # the dialog opens on the current column: enter reverses
+        await pilot.pause()
+        assert matrix(app).visible_names()[:2] == ["exp02", "exp01"]
+        assert "sorted by face↓ ↓" in str(app.screen.query_one("#summary", Static).render())
+
+
+async def test_a_click_on_a_header_sorts_by_it(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE):
+        await app.ready.wait()
+        table = matrix(app)
+        table.sort_by("steps")
+        steps = [int(cell(app, n, "steps")) for n in table.visible_names()]
+        assert steps == sorted(steps)
+        table.sort_by("steps")
+        assert [int(cell(app, n, "steps")) for n in table.visible_names()] == sorted(steps, reverse=True)
+
+
+async def test_filter_by_text_and_escape_clears_it(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.press("slash")
+        assert isinstance(app.focused, Input)
+        await pilot.press(*"step count")
+        await until(pilot, lambda: matrix(app).visible_names() == ["exp05", "exp06"])
+        await pilot.press(*" fail")  # every word must match
+        await until(pilot, lambda: matrix(app).visible_names() == ["exp05"])
+        assert "1 shown" in str(app.screen.query_one("#summary", Static).render())
+        await pilot.press("escape")
+        await until(pilot, lambda: len(matrix(app).visible_names()) == 6)
+        assert app.focused is matrix(app)
+
+
+async def test_the_log_pane_follows_new_lines_and_keeps_the_users_place(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    log_file = RunDir(study.workspace.runs_dir / "exp03").train_log
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        matrix(app).select("exp03")
+        log = app.screen.query_one(LogPane)
+        await until(pilot, lambda: log.run_name == "exp03" and log.line_count == 30)
+        with open(log_file, "a") as fh:
+            fh.writelines(f"new line {i}\n" for i in range(100))
+        await until(pilot, lambda: log.line_count == 130)
+        assert log.is_vertical_scroll_end  # it followed
+        log.scroll_to(y=10, animate=False, immediate=True)
+        with open(log_file, "a") as fh:
+            fh.writelines(f"more {i}\n" for i in range(50))
+        await until(pilot, lambda: log.line_count == 180)
+        await pilot.pause()
+        assert log.scroll_y == 10  # the user scrolled up: the view stays where they read
+        # another run selected: its own log, from the start
+        matrix(app).select("exp01")
+        await until(pilot, lambda: log.run_name == "exp01" and log.line_count == 30)
+        assert "[exp01]" in log.lines[0]
+        plot = app.screen.query_one(LossPlot)
+        await until(pilot, lambda: len(plot._points) == 20)
+
+
+async def test_gauges_without_nvidia_say_so_and_show_the_host(workspace) -> None:
+    study, _ = workspace
+    app = FluxApp(study, run_queue=False, telemetry_every=0.1)  # this machine's real telemetry
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.screen.query_one(GaugesPanel)
+        text = await until(pilot, lambda: "host" in str(panel.render()) and str(panel.render()))
+        assert "No NVIDIA GPU" in text and "runs train on the CPU" in text
+        assert "RAM" in text and "exp03 pid" in text
+
+
+async def test_gauges_on_a_gpu_server_show_each_gpu_and_each_runs_memory(workspace) -> None:
+    study, proc = workspace
+    app = fast_app(study, telemetry=FixedTelemetry(gpus=True, pid_mem={proc.pid: 21 * 2**30}))
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.screen.query_one(GaugesPanel)
+        text = await until(pilot, lambda: "GPU0" in str(panel.render()) and str(panel.render()))
+        assert "H100 80GB HBM3" in text and "52.0/80.0 GiB" in text and "util  97%" in text and "71°C" in text
+        assert f"exp03 pid {proc.pid} 21.0 GiB" in text
+
+
+async def test_x_takes_a_queued_run_off_the_queue(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        matrix(app).select("exp04")
+        await pilot.press("x")
+        await until(pilot, lambda: cell(app, "exp04", "state") == "cancelled")
+        assert RunDir(study.workspace.runs_dir / "exp04").status().state == CANCELLED
+
+
+async def test_x_sends_sigterm_then_a_second_x_offers_sigkill(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "ws")
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)"],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert stubborn.stdout.readline().strip() == "ready"
+    write_run(study, "exp01", "running", upto=3, pid=stubborn.pid)
+    app = fast_app(study)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            matrix(app).select("exp01")
+            await pilot.press("x")
+            await until(pilot, lambda: "SIGTERM" in " ".join(str(n.message) for n in app._notifications))
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("n")  # wait longer: nothing happens
+            await pilot.pause(0.2)
+            assert stubborn.poll() is None
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: cell(app, "exp01", "state") == "cancelled")
+            assert stubborn.wait(5) == -9
+            assert "SIGKILL" in RunDir(study.workspace.runs_dir / "exp01").status().message
+    finally:
+        stubborn.kill()
+
+
+async def test_detail_screen_shows_config_timeline_scores_and_image_grid(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        matrix(app).select("exp01")
+        await pilot.press("d")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen)
+        config = screen.query_one("#config", DataTable)
+        assert str(config.get_cell("learning_rate", "v")) == "0.001"
+        assert str(config.get_cell("lora_rank", "v")) == "8"
+        timeline = str(screen.query_one("#timeline", Static).render())
+        assert all(s in timeline for s in ("prepare", "train", "generate", "score", "done"))
+        assert screen.query_one("#per-prompt", DataTable).row_count == 4
+        assert "0.7571" in str(screen.query_one("#scores-summary", Static).render())
+        screen.query_one(TabbedContent).active = "tab-eval"
+        grid = screen.query_one("#eval-grid")
+        thumbs = await until(pilot, lambda: len(grid.query(Thumbnail)) == 4 and list(grid.query(Thumbnail)))
+        assert [t.caption.split("\n")[0] for t in thumbs][:2] == ["a photo of cr7man", "cr7man smiling at camera"]
+        assert thumbs[0].query_one(ImageWidget).image is not None
+        thumbs[1].focus()
+        await pilot.press("enter")
+        full = await until(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen)
+        await until(pilot, lambda: full.query_one("#full-image", ImageWidget).image is not None)
+        assert "smiling" in str(full.query_one("#full-caption", Static).render())
+        await pilot.press("right")
+        assert full.index == 2
+        await pilot.press("escape", "escape")
+        await until(pilot, lambda: app.screen.id == "dashboard")
+
+
+async def test_detail_of_a_failed_run_says_why(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        app.open_detail("exp05")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen)
+        await pilot.pause()
+        status = str(screen.query_one("#status", Static).render())
+        assert "failed" in status and "illegal memory access" in status and "exit code 1" in status
+
+
+async def test_help_lists_the_keys_and_q_quits_saying_runs_keep_going(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("q")
+        await pilot.pause()
+    farewell = app.farewell()
+    assert "1 run(s) keep going in the background: exp03" in farewell
+    assert "exp04" in farewell and "wait for a dashboard" in farewell
+
+
+async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for expected in ("Launch/resume", "Queue all", "Stop", "Detail", "Filter", "Sort", "Help",
+                         "Sort by loss", "Sort by CLIP↑", "Detail of exp03"):  # fmt: skip
+            assert expected in titles, expected
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette")
+        await pilot.press("escape")
+        command = next(c for c in app.get_system_commands(app.screen) if c.title == "Sort by steps")
+        command.callback()
+        assert matrix(app).sort_column == "steps"
+
+
+def test_without_a_graphics_terminal_thumbnails_are_half_cell_blocks() -> None:
+    from textual_image.widget import HalfcellImage
+
+    assert ImageWidget is HalfcellImage  # pytest's stdout is no terminal: not the grey unicode shading
+
+
+def test_the_dashboard_process_never_imports_torch(tmp_path: Path) -> None:
+    """Run the whole app headless in a fresh interpreter, open every screen, and look at sys.modules."""
+    study = populated_study(tmp_path / "ws")
+    code = f"""
+import asyncio, sys
+from flux_tui import config
+from flux_tui.tui.app import FluxApp
+
+async def main():
+    app = FluxApp(config.load({str(study.file)!r}), run_queue=False, telemetry_every=0.1)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await app.ready.wait()
+        await pilot.press("d")
+        await pilot.pause(0.5)
+        for tab in ("tab-loss", "tab-scores", "tab-eval", "tab-samples"):
+            app.screen.query_one("#detail-tabs").active = tab
+            await pilot.pause(0.3)
+        await pilot.press("escape", "question_mark")
+        await pilot.pause(0.2)
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+                   ("torch", "diffusers", "transformers", "peft", "accelerate", "facenet_pytorch"))
+    print("HEAVY:" + ",".join(heavy))
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY:\n" in out.stdout or out.stdout.strip().endswith("HEAVY:"), out.stdout
+
+
+async def test_a_queued_runs_state_lives_on_disk(tmp_path: Path) -> None:
+    """`a` queues every run not done; the folders say `queued` (no runs start: run_queue=False)."""
+    study = make_study(tmp_path / "ws")
+    write_run(study, "exp01", "done")
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.press("a")
+        await until(pilot, lambda: cell(app, "exp06", "progress") == "queue #5")
+        states = {n: RunDir(study.workspace.runs_dir / n).status().state for n in study.names}
+        assert states == {"exp01": "done", **{n: QUEUED for n in study.names[1:]}}

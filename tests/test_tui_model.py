@@ -1,0 +1,94 @@
+"""RunTracker: the dashboard's view of a run, read incrementally from its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flux_tui.fsutil import atomic_write_json
+from flux_tui.runs import RunDir
+from flux_tui.tui.model import RunTracker, RunView, eval_images_on_disk, per_prompt, samples_on_disk
+
+
+def test_tracker_reads_only_what_changed_and_follows_appends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    t = RunTracker(run)
+    assert t.poll() is True  # the first look: no status yet, so `new`
+    assert t.view.state == "new" and t.poll() is False
+    run.write_status(state="running", stage="train")
+    run.append_event("stage", stage="train")
+    run.append_event("step", step=1, total=10, loss=0.9, sec_per_step=2.0, eta_s=18.0)
+    assert t.poll() is True
+    v1 = t.view
+    assert (v1.state, v1.step, v1.total, v1.loss, v1.eta_s) == ("running", 1, 10, 0.9, 18.0)
+    assert t.poll() is False and t.view is v1  # nothing new: the same view object
+    # a half-written record is held back until its newline arrives
+    with open(run.events_jsonl, "a") as fh:
+        fh.write('{"type": "step", "step": 2, "total": 10, "lo')
+    assert t.poll() is False
+    with open(run.events_jsonl, "a") as fh:
+        fh.write('ss": 0.8}\n')
+    assert t.poll() is True and t.view.losses == ((1, 0.9), (2, 0.8))
+    assert v1.losses == ((1, 0.9),)  # views already handed out never change
+
+
+def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    for step in range(1, 6):
+        run.append_event("step", step=step, total=10, loss=1.0)
+    t = RunTracker(run)
+    t.poll()
+    for step in range(4, 8):  # resumed from checkpoint-3
+        run.append_event("step", step=step, total=10, loss=0.5)
+    t.poll()
+    assert [s for s, _ in t.view.losses] == [1, 2, 3, 4, 5, 6, 7]
+    assert dict(t.view.losses)[4] == 0.5
+
+
+def test_a_replaced_events_file_is_read_again_from_the_top(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    for step in range(1, 30):
+        run.append_event("step", step=step, total=30, loss=1.0)
+    t = RunTracker(run)
+    t.poll()
+    run.events_jsonl.unlink()  # the run was reset and started over
+    run.append_event("step", step=1, total=30, loss=2.0)
+    t.poll()
+    assert t.view.losses == ((1, 2.0),)
+
+
+def test_samples_eval_images_scores_and_stages(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.append_event("stage", stage="prepare")
+    run.append_event("sample", step=10, paths=[str(run.path / "samples/step_10/00.png")], prompts=["a photo"])
+    run.append_event("sample", step=20, paths=["samples/step_20/00.png"], prompts=["a photo"])
+    run.append_event("eval_image", path="samples/eval/p01.png", prompt="p one", guidance=3.5, seed=0, checkpoint=None)
+    run.append_event("eval_image", path="samples/eval/c10-p01.png", prompt="p one", checkpoint=10)
+    run.append_event("checkpoint", step=10, path="checkpoints/checkpoint-10")
+    atomic_write_json(run.scores_json, {"face_distance": 0.7, "clip_score": 0.3, "faceless": 2})
+    t = RunTracker(run)
+    t.poll()
+    v = t.view
+    assert [s for s, _ in v.stages] == ["prepare"]
+    sset, i = v.latest_sample
+    assert sset.step == 20 and sset.paths[i] == run.path / "samples/step_20/00.png" and sset.caption(i) == "a photo"
+    assert [e.path.name for e in eval_images_on_disk(run, v)] == ["p01.png"]  # the checkpoint's are apart
+    assert v.checkpoints == (10,)
+    assert (v.score("face_distance"), v.score("clip_score"), v.faceless) == (0.7, 0.3, 2)
+
+
+def test_images_are_found_on_disk_when_the_events_are_lost(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    (run.eval_dir).mkdir(parents=True)
+    (run.eval_dir / "p01.png").write_bytes(b"")
+    (run.samples_dir / "step_5").mkdir()
+    (run.samples_dir / "step_5" / "00.png").write_bytes(b"")
+    scores = {"per_image": [{"image": "p01.png", "prompt": "from scores"}]}
+    view = RunView("r", scores=scores)
+    assert [(e.path.name, e.prompt) for e in eval_images_on_disk(run, view)] == [("p01.png", "from scores")]
+    assert [(s.step, [p.name for p in s.paths]) for s in samples_on_disk(run, view)] == [(5, ["00.png"])]
+
+
+def test_per_prompt_rows_come_as_a_list_or_a_mapping() -> None:
+    assert per_prompt({"per_prompt": [{"prompt": "a", "clip_score": 0.3}]}) == [{"prompt": "a", "clip_score": 0.3}]
+    assert per_prompt({"per_prompt": {"a": {"clip_score": 0.3}}}) == [{"prompt": "a", "clip_score": 0.3}]
+    assert per_prompt(None) == []
