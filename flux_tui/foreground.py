@@ -65,7 +65,7 @@ class Progress:
 
     def text(self) -> str:
         parts = [self.label, self.stage]
-        if self.step:
+        if self.step and self.stage == "train":
             e = self.step
             parts.append(f"step {e.get('step')}/{e.get('total')}")
             if isinstance(e.get("loss"), int | float):
@@ -150,7 +150,8 @@ def run_one(run: RunDir, label: str, *, no_eval: bool, verbose: bool, out: TextI
 
 def run_experiments(study: Study, experiments: Sequence[Experiment], *, no_eval: bool = False,
                     verbose: bool = False, out: TextIO = sys.stdout) -> int:  # fmt: skip
-    """Run each experiment in turn (skipping those already done with the same settings). Exit code: 0 when
+    """Run each experiment in turn, skipping those done with the same settings (and evaluated, unless
+    `no_eval`: a run trained with --no-eval is only evaluated). Exit code: 0 when
     every run is done, 130 when the user interrupted, else 1."""
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     failed = 0
@@ -158,7 +159,8 @@ def run_experiments(study: Study, experiments: Sequence[Experiment], *, no_eval:
         for i, exp in enumerate(experiments, start=1):
             label = f"[{i}/{len(experiments)}] {exp.name}"
             run = runs.run_dir(study, exp.name)
-            if run.exists() and run.status().state == DONE and not run.changed_keys(exp):
+            evaluated = no_eval or run.scores() is not None
+            if run.exists() and run.status().state == DONE and not run.changed_keys(exp) and evaluated:
                 print(f"{label}  done already (delete {run.path} to run it again)", file=out)
                 continue
             try:

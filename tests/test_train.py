@@ -87,6 +87,14 @@ name = "oom"
 max_train_steps = 6
 
 [[experiment]]
+name = "evalfail"
+max_train_steps = 2
+sample_every = 0
+eval_prompts = ["a photo of cr7man"]
+face_weights = "weights/vggface2-standin.pt"
+clip_model = "./models/no-such-clip"   # scoring cannot load it: the evaluation fails for real
+
+[[experiment]]
 name = "ctrlc"
 max_train_steps = 40
 checkpointing_steps = 1000
@@ -99,6 +107,7 @@ def ws(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train") / "ws"
     shutil.copytree(demo_workspace / "models" / "tiny-flux", root / "models" / "tiny-flux")
     shutil.copytree(demo_workspace / "photos", root / "photos")
+    shutil.copytree(demo_workspace / "weights", root / "weights")
     one = root / "one_photo"
     one.mkdir()
     shutil.copy(demo_workspace / "photos" / "01.jpg", one / "01.jpg")
@@ -301,3 +310,15 @@ def test_ctrl_c_in_flux_tui_run_checkpoints_and_cancels(ws: Path) -> None:
     assert run.latest_checkpoint() is not None
     assert "ctrlc  cancelled" in out
     assert "=== launched" in run.train_log.read_text()  # the run's output went to its log
+
+
+def test_an_evaluation_failure_fails_the_run_and_keeps_the_lora(ws: Path) -> None:
+    run = _run(ws, "evalfail")
+    proc = launch.start(run)  # with evaluation
+    assert proc.wait(timeout=240) == 1
+    status = run.status()
+    assert status.state == "failed", status
+    assert status.message.startswith("evaluation failed (the LoRA is kept)"), status.message
+    assert "no-such-clip" in status.message
+    assert run.lora_file.exists()
+    assert status.log_tail
