@@ -3,6 +3,7 @@ evaluation images labelled with their prompts, intermediate samples by step, and
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,6 +242,11 @@ class RunDetailScreen(Screen):
         for key in sorted(config):
             value = config[key]
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            if key == "lora_alpha" and value is None:
+                text = f"None (= lora_rank, {config.get('lora_rank')})"
+            root = f"{self.app.study.workspace.root}{os.sep}"
+            if isinstance(value, str) and value.startswith(root):
+                text = value.removeprefix(root)  # short paths: the workspace is the user's cwd
             style = "italic red" if key in changed else ""
             table.add_row(Text(key, style=style), Text(text, style=style), key=key)
         table.border_title = "resolved config" + (" (red: changed in the file since)" if changed else "")
