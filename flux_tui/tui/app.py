@@ -28,7 +28,6 @@ from flux_tui.tui.matrix import COLUMNS
 from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
 from flux_tui.tui.model import RunView
 from flux_tui.tui.screens import VIEWS
-from flux_tui.tui.screens.help import HelpScreen
 from flux_tui.tui.watcher import Watcher
 
 
@@ -175,6 +174,8 @@ class FluxApp(App[int]):
         self.push_screen(RunDetailScreen(name))
 
     def action_help(self) -> None:
+        from flux_tui.tui.screens.help import HelpScreen  # Markdown loads on first use, not at start
+
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
