@@ -106,7 +106,7 @@ class Telemetry:
                 self.gpu_error = "the NVIDIA driver reports no GPU"
                 return False
         except pynvml.NVMLError as exc:
-            self.gpu_error = f"no NVIDIA driver ({exc})"
+            self.gpu_error = f"NVML: {exc}"
             return False
         self._nvml_ready = True
         return True

@@ -61,7 +61,9 @@ def test_samples_eval_images_scores_and_stages(tmp_path: Path) -> None:
     run.append_event("stage", stage="prepare")
     run.append_event("sample", step=10, paths=[str(run.path / "samples/step_10/00.png")], prompts=["a photo"])
     run.append_event("sample", step=20, paths=["samples/step_20/00.png"], prompts=["a photo"])
-    run.append_event("eval_image", path="samples/eval/p01.png", prompt="p one", guidance=3.5, seed=0, checkpoint=None)
+    run.append_event(
+        "eval_image", path="samples/eval/p01.png", prompt="p one", guidance=3.5, seed=0, checkpoint=None
+    )
     run.append_event("eval_image", path="samples/eval/c10-p01.png", prompt="p one", checkpoint=10)
     run.append_event("checkpoint", step=10, path="checkpoints/checkpoint-10")
     atomic_write_json(run.scores_json, {"face_distance": 0.7, "clip_score": 0.3, "faceless": 2})
@@ -70,7 +72,11 @@ def test_samples_eval_images_scores_and_stages(tmp_path: Path) -> None:
     v = t.view
     assert [s for s, _ in v.stages] == ["prepare"]
     sset, i = v.latest_sample
-    assert sset.step == 20 and sset.paths[i] == run.path / "samples/step_20/00.png" and sset.caption(i) == "a photo"
+    assert (
+        sset.step == 20
+        and sset.paths[i] == run.path / "samples/step_20/00.png"
+        and sset.caption(i) == "a photo"
+    )
     assert [e.path.name for e in eval_images_on_disk(run, v)] == ["p01.png"]  # the checkpoint's are apart
     assert v.checkpoints == (10,)
     assert (v.score("face_distance"), v.score("clip_score"), v.faceless) == (0.7, 0.3, 2)
@@ -89,6 +95,15 @@ def test_images_are_found_on_disk_when_the_events_are_lost(tmp_path: Path) -> No
 
 
 def test_per_prompt_rows_come_as_a_list_or_a_mapping() -> None:
-    assert per_prompt({"per_prompt": [{"prompt": "a", "clip_score": 0.3}]}) == [{"prompt": "a", "clip_score": 0.3}]
+    assert per_prompt({"per_prompt": [{"prompt": "a", "clip_score": 0.3}]}) == [
+        {"prompt": "a", "clip_score": 0.3}
+    ]
     assert per_prompt({"per_prompt": {"a": {"clip_score": 0.3}}}) == [{"prompt": "a", "clip_score": 0.3}]
     assert per_prompt(None) == []
+
+
+def test_log_lines_show_what_a_terminal_would() -> None:
+    from flux_tui.tui.watcher import clean_line
+
+    assert clean_line("Loading:   0%|    | 0/36\rLoading: 100%|████| 36/36\r") == "Loading: 100%|████| 36/36"
+    assert clean_line("\x1b[31mred\x1b[0m\tend") == "red    end"

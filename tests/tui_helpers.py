@@ -251,7 +251,7 @@ class FixedTelemetry:
     def sample(self) -> Sample:
         host = HostStat(cpu_percent=37.5, ram_used=int(9.4 * GiB), ram_total=24 * GiB, n_cpus=16)
         if not self._gpus:
-            return Sample(at=T0, host=host, gpu_error="no NVIDIA driver (NVML Shared Library Not Found)")
+            return Sample(at=T0, host=host, gpu_error="NVML: NVML Shared Library Not Found")
         return Sample(at=T0, host=host, gpus=self._gpus, proc_gpu_mem=dict(self._pid_mem))
 
 

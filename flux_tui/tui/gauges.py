@@ -48,7 +48,7 @@ def render_gauges(sample: Sample | None, runs: list[RunGpu]) -> Text:
             out += line + Text("\n")
     else:
         out += Text("No NVIDIA GPU", style="bold yellow") + Text(
-            f" ({sample.gpu_error or 'none found'}): runs train on the CPU\n", style="yellow"
+            f" ({sample.gpu_error or 'none found'}); runs train on the CPU\n", style="yellow"
         )
     h = sample.host
     out += Text("host ", style="bold") + Text(f"CPU {h.cpu_percent:5.1f}% of {h.n_cpus} ")

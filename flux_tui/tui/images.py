@@ -64,7 +64,7 @@ class Thumbnail(Vertical, can_focus=True):
     Thumbnail { width: 26; height: auto; padding: 0 1; border: round $panel; }
     Thumbnail:focus { border: round $accent; }
     Thumbnail > .thumb-image { width: 24; height: 12; }
-    Thumbnail > .thumb-caption { width: 100%; height: 2; color: $text-muted; }
+    Thumbnail > .thumb-caption { width: 100%; height: 3; color: $text-muted; }
     """
     BINDINGS = [("enter", "open", "Full size")]
 

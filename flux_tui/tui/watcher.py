@@ -8,6 +8,7 @@ It polls rather than relying on inotify, which does not see writes made on anoth
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import traceback
@@ -26,6 +27,16 @@ from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryR
 from flux_tui.tui.model import RunTracker
 
 LOG_INITIAL_BYTES = 512 * 1024  # of a long log, the first read shows only its end
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_line(line: str) -> str:
+    """What a terminal would show of a log line: the last carriage-return frame of a progress bar, no
+    colour codes or other control characters (they would garble the pane's frame)."""
+    if "\r" in line:
+        frames = [f for f in line.split("\r") if f.strip()]
+        line = frames[-1] if frames else ""
+    return _CONTROL.sub("", line.expandtabs(4))
 
 
 class Watcher(threading.Thread):
@@ -111,13 +122,15 @@ class Watcher(threading.Thread):
         if changed:
             self._log = TailReader(run_dir(self.study, name).train_log, LOG_INITIAL_BYTES) if name else None
             lines = self._log.read_lines() if self._log else []
-            self.post(LogLines(name, lines[-MAX_LINES:], reset=True))
+            self.post(LogLines(name, [clean_line(x) for x in lines[-MAX_LINES:]], reset=True))
             return
         if self._log is None:
             return
         lines = self._log.read_lines()
         if lines:
-            self.post(LogLines(name, lines[-MAX_LINES:], reset=len(lines) > MAX_LINES))
+            self.post(
+                LogLines(name, [clean_line(x) for x in lines[-MAX_LINES:]], reset=len(lines) > MAX_LINES)
+            )
 
     def _read_runs(self, first: bool) -> None:
         changed = {n for n, t in self.trackers.items() if t.poll()}

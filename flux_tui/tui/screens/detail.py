@@ -323,12 +323,15 @@ class RunDetailScreen(Screen):
         note.update(f"{len(items)} images · enter on one opens it full size")
         thumbs = []
         for path, prompt, extra, image in items:
-            caption = prompt
             fd, clip = extra.get("face_distance"), extra.get("clip_score")
-            if isinstance(fd, int | float) or isinstance(clip, int | float):
-                caption = f"{prompt}\nfd {_fmt(fd, '.3f') or '-'} · clip {_fmt(clip, '.3f') or '-'}"
-            elif extra.get("face") is False or extra.get("faceless") is True:
-                caption = f"{prompt}\nno face"
+            facts = []
+            if isinstance(fd, int | float):
+                facts.append(f"fd {fd:.3f}")
+            elif extra.get("face") is False:
+                facts.append("no face")
+            if isinstance(clip, int | float):
+                facts.append(f"clip {clip:.3f}")
+            caption = f"{prompt}\n{' · '.join(facts)}" if facts else prompt
             thumb = Thumbnail(path, caption, image)
             thumb.tooltip = prompt
             thumbs.append(thumb)
