@@ -76,9 +76,7 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 def result_text(r: dict[str, Any]) -> Text:
     t = r.get("timings", {})
-    face = {True: Text("yes", style="green"), False: Text("no", style="yellow"), None: Text("-")}[
-        r.get("face")
-    ]
+    face = {True: Text("yes", style="green"), False: Text("no", style="yellow"), None: Text("-")}[r.get("face")]
     text = Text("CLIP score ", style="bold") + Text(_fmt(r.get("clip_score")))
     text += Text("   face distance ", style="bold") + Text(_fmt(r.get("face_distance")))
     text += Text("   face found ", style="bold") + face
@@ -145,9 +143,7 @@ class PlaygroundScreen(Screen):
                 yield Input(str(d["base_model"]), id="pg-base")
                 yield Label("LoRAs of finished runs (space toggles)")
                 yield SelectionList[str](id="pg-loras")
-                yield Input(
-                    placeholder="weights, one per chosen LoRA: 0.8, 0.7 (default 1 each)", id="pg-weights"
-                )
+                yield Input(placeholder="weights, one per chosen LoRA: 0.8, 0.7 (default 1 each)", id="pg-weights")
                 yield Label("prompt (enter generates)")
                 yield Input(placeholder="a photo of cr7man", id="pg-prompt")
                 yield Label("guidance · steps · seed · size (px)")
@@ -237,9 +233,7 @@ class PlaygroundScreen(Screen):
         text = f"{n} reference photo(s), {faces} with a face"
         if e.get("reference_faceless"):
             text += f" (no face in {', '.join(e['reference_faceless'])})"
-        self.query_one("#pg-refs", Static).update(
-            text if n else "no reference photos yet: face distance needs them"
-        )
+        self.query_one("#pg-refs", Static).update(text if n else "no reference photos yet: face distance needs them")
 
     def _generated(self, e: dict[str, Any]) -> None:
         self.results.append(e)
@@ -248,9 +242,7 @@ class PlaygroundScreen(Screen):
         self.query_one("#pg-progress", ProgressBar).update(total=1, progress=1)
         self._phase(f"done: {e['path']}")
         self.query_one("#pg-scores", Static).update(result_text(e))
-        loras = ", ".join(
-            f"{x.get('run') or Path(x['path']).parent.name} {x['weight']:g}" for x in e.get("loras", [])
-        )
+        loras = ", ".join(f"{x.get('run') or Path(x['path']).parent.name} {x['weight']:g}" for x in e.get("loras", []))
         self.query_one("#pg-history", DataTable).add_row(
             Path(e["path"]).name, e.get("prompt", ""), str(e.get("seed")), _fmt(e.get("clip_score")),
             _fmt(e.get("face_distance")), {True: "yes", False: "no"}.get(e.get("face"), "-"), loras or "base",
