@@ -87,7 +87,7 @@ def test_png_metadata_round_trips(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_evaluate_makes_the_grid_with_metadata_and_scores_it(study: config.Study, tmp_path: Path) -> None:
-    # exp02 has rank 8 and alpha 16: its checkpoint (scale not folded) must give the final LoRA's images.
+    # exp02 has rank 4 and alpha 16: its checkpoint (scale not folded) must give the final LoRA's images.
     run = _rewrite(study, "exp02", guidance_scales=[2.0, 3.5], eval_checkpoints=True)
     cfg = run.config()
     proc = flux_tui("evaluate", "exp02", "-f", str(study.file), tmp=tmp_path)

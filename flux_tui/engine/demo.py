@@ -32,7 +32,7 @@ DEMO_NOTICE = (
 )
 
 # Bump when the workspace's content changes: an older workspace then counts as incomplete.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 SEED = 1234
 MARKER = ".flux-tui-demo.json"
 
@@ -188,40 +188,39 @@ eval_seed = 0
 [[experiment]]
 number = 1
 name = "exp01"
-group = "Learning rate x rank"
-description = "low lr, rank 4"
+group = "Baseline"
+description = "the baseline: each other run changes one thing, so the effects view has pairs"
 learning_rate = 1e-3
 lora_rank = 4
-max_train_steps = 20
+max_train_steps = 30
 
 [[experiment]]
 number = 2
 name = "exp02"
-group = "Learning rate x rank"
-description = "low lr, rank 8, alpha 16 (scale 2)"
+group = "One change from exp01"
+description = "alpha 16 with rank 4 (LoRA scale 4)"
 learning_rate = 1e-3
-lora_rank = 8
+lora_rank = 4
 lora_alpha = 16
 max_train_steps = 30
 
 [[experiment]]
 number = 3
 name = "exp03"
-group = "Learning rate x rank"
-description = "high lr, rank 4, constant schedule"
+group = "One change from exp01"
+description = "higher learning rate"
 learning_rate = 5e-3
 lora_rank = 4
 max_train_steps = 30
-lr_scheduler = "constant"
 
 [[experiment]]
 number = 4
 name = "exp04"
-group = "Learning rate x rank"
-description = "high lr, rank 8, longest"
-learning_rate = 5e-3
+group = "One change from exp01"
+description = "higher rank"
+learning_rate = 1e-3
 lora_rank = 8
-max_train_steps = 40
+max_train_steps = 30
 """
 
 README_TXT = """\

@@ -129,7 +129,7 @@ class PlaygroundScreen(Screen):
         s = self.study.experiments[0].settings if self.study.experiments else None
         if s is None:
             return {"base_model": "", "guidance": 3.5, "steps": 28, "seed": 0, "size": 1024, "data_dir": ""}
-        return {"base_model": s.base_model, "guidance": s.guidance_scales[0], "steps": s.num_inference_steps,
+        return {"base_model": s.base_model, "prompt": s.instance_prompt, "guidance": s.guidance_scales[0], "steps": s.num_inference_steps,
                 "seed": s.eval_seed, "size": s.eval_resolution or s.resolution, "data_dir": s.data_dir,
                 "clip_model": s.clip_model, "face_weights": s.face_weights, "revision": s.revision,
                 "max_sequence_length": s.max_sequence_length}  # fmt: skip
@@ -145,7 +145,7 @@ class PlaygroundScreen(Screen):
                 yield SelectionList[str](id="pg-loras")
                 yield Input(placeholder="weights, one per chosen LoRA: 0.8, 0.7 (default 1 each)", id="pg-weights")
                 yield Label("prompt (enter generates)")
-                yield Input(placeholder="a photo of cr7man", id="pg-prompt")
+                yield Input(str(d.get("prompt", "")), placeholder="a photo of cr7man", id="pg-prompt")
                 yield Label("guidance · steps · seed · size (px)")
                 with Horizontal(classes="pg-nums"):
                     yield Input(f"{d['guidance']:g}", type="number", id="pg-guidance", tooltip="guidance")
@@ -187,6 +187,11 @@ class PlaygroundScreen(Screen):
         assert self.client is not None
         self.client.start()
         self.client.request("configure", **settings)
+        # The study's reference is the training photos: add them at once, so face distance works from the
+        # first prompt (the user can add more by path).
+        data_dir = self._defaults().get("data_dir")
+        if data_dir and Path(data_dir).is_dir():
+            self.client.request("add_reference", paths=[str(data_dir)])
 
     def on_unmount(self) -> None:
         if self.client is not None:
