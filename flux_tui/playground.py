@@ -175,14 +175,18 @@ class PlaygroundClient:
 
     def request(self, op: str, **params: Any) -> int:
         """Send a request without waiting; its answer arrives as an event (and through `wait`)."""
+        return self._send(op, params)[0]
+
+    def _send(self, op: str, params: dict[str, Any]) -> tuple[int, _Pending]:
         if op not in OPS:
             raise ValueError(f"unknown op {op!r} (one of {', '.join(OPS)})")
         if not self.alive:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         rid = next(self._ids)
+        pending = _Pending()
         with self._lock:
-            self._pending[rid] = _Pending()
+            self._pending[rid] = pending
         try:
             self.proc.stdin.write(json.dumps({"id": rid, "op": op, **params}, default=str) + "\n")
             self.proc.stdin.flush()
@@ -190,7 +194,7 @@ class PlaygroundClient:
             with self._lock:
                 self._pending.pop(rid, None)
             raise PlaygroundError(f"the playground process is gone ({exc}); its log: {self.log_path}") from None
-        return rid
+        return rid, pending
 
     def wait(self, rid: int, timeout: float | None = None) -> dict[str, Any]:
         """The answer to request `rid`; raises PlaygroundError for an error answer, TimeoutError if late."""
@@ -198,6 +202,10 @@ class PlaygroundClient:
             pending = self._pending.get(rid)
         if pending is None:
             raise KeyError(f"no request {rid} is waiting (answered already, or never sent)")
+        return self._await(rid, pending, timeout)
+
+    @staticmethod
+    def _await(rid: int, pending: _Pending, timeout: float | None) -> dict[str, Any]:
         if not pending.done.wait(timeout):
             raise TimeoutError(f"no answer to request {rid} within {timeout} s")
         event = pending.event or {}
@@ -206,8 +214,10 @@ class PlaygroundClient:
         return event
 
     def call(self, op: str, timeout: float | None = None, **params: Any) -> dict[str, Any]:
-        """Send a request and wait for its answer (blocking: call it from a worker thread)."""
-        return self.wait(self.request(op, **params), timeout)
+        """Send a request and wait for its answer (blocking: call it from a worker thread). Holding the
+        pending entry from before the send means a fast answer cannot slip past the wait."""
+        rid, pending = self._send(op, params)
+        return self._await(rid, pending, timeout)
 
     def close(self, timeout: float = 10.0) -> int | None:
         """Ask the process to exit; SIGTERM then SIGKILL its group if it does not. Returns its exit code."""

@@ -142,7 +142,8 @@ def test_tick_fills_the_cpu_slots_in_queue_order_then_the_rest_follow(tmp_path: 
     wait_for(lambda: s.run("exp04").status().state == DONE and s.run("exp02").status().state == DONE)
     assert s.tick() == ["exp03"]
     wait_for(lambda: s.run("exp03").status().state == DONE)
-    assert standin.read_text().split()[::2] == ["exp04", "exp02", "exp03"]
+    started = standin.read_text().split()[::2]  # the first two run at once: either may write first
+    assert sorted(started[:2]) == ["exp02", "exp04"] and started[2:] == ["exp03"]
     assert "step 20/20" in s.run("exp03").train_log.read_text()
 
 
