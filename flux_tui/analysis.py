@@ -109,7 +109,9 @@ class Effect:
         more = "more steps" if self.key == "max_train_steps" else f"higher {label}"
         up = sum(sb > sa for _, _, sa, sb in pairs)
         down = sum(sb < sa for _, _, sa, sb in pairs)
-        direction, count = ("raised", up) if up >= down else ("lowered", down)
+        if up == down:
+            return f"{more} raised {what} in {up} and lowered it in {down} of {len(pairs)} comparisons"
+        direction, count = ("raised", up) if up > down else ("lowered", down)
         return f"{more} {direction} {what} in {count} of {len(pairs)} comparisons"
 
 

@@ -5,54 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
+from tui_helpers import scored_sweep
 
-from flux_tui import analysis, config, export, report, results, runs
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Made-up scores for the study's 11 experiments: (face_distance, clip_score, faceless).
-SCORES = {
-    "exp01": (0.80, 0.290, 1),
-    "exp02": (0.78, 0.300, 0),
-    "exp03": (0.76, 0.299, 0),
-    "exp04": (0.79, 0.295, 2),
-    "exp05": (0.85, 0.301, 0),
-    "exp06": (0.71, 0.296, 1),
-    "exp07": (0.90, 0.305, 0),
-    "exp08": (0.82, 0.298, 0),
-    "exp09": (0.77, 0.304, 0),
-    "exp10": (0.74, 0.292, 3),
-    "exp11": (0.75, 0.301, 0),
-}
+from flux_tui import analysis, config, export, report, results
 
 
 @pytest.fixture
 def study(tmp_path: Path) -> config.Study:
-    shutil.copy(REPO / "experiments.toml", tmp_path / "experiments.toml")
-    (tmp_path / "photos").mkdir()
-    study = config.load(tmp_path / "experiments.toml")
-    for exp in study.experiments:
-        run = runs.prepare(study, exp)
-        run.write_status(state=runs.DONE, started_at=1000.0, finished_at=1600.0)
-        run.append_event("step", step=exp.settings.max_train_steps, total=exp.settings.max_train_steps,
-                         loss=0.3, sec_per_step=1.5)  # fmt: skip
-        fd, clip, faceless = SCORES[exp.name]
-        scores = {"face_distance": fd, "clip_score": clip, "clip_score_x100": clip * 100,
-                  "faceless": faceless, "identity_similarity": 1 - fd / 2, "n_images": 11}  # fmt: skip
-        run.scores_json.write_text(json.dumps(scores))
-        run.eval_dir.mkdir(parents=True)
-        for i, prompt in enumerate(exp.settings.eval_prompts[:2]):
-            meta = PngImagePlugin.PngInfo()
-            meta.add_text("prompt", prompt)
-            Image.new("RGB", (32, 32), (20 * exp.number, 10 * i, 90)).save(run.eval_dir / f"{i:03d}.png", pnginfo=meta)
-    return study
+    return scored_sweep(tmp_path)
 
 
 def test_leaderboard_sorting_best_values_and_picks(study: config.Study) -> None:

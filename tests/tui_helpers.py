@@ -154,7 +154,7 @@ def write_run(
         run.append_event("stage", stage="score")
     _fix_times(run, T0)
     with open(run.train_log, "a") as fh:
-        for i in range(1, log_lines + 1):
+        for i in range(1, min(log_lines, upto) + 1):
             fh.write(f"[{name}] step {i:4d}/{total}  loss {0.5 / i:.4f}  lr 1.0e-04\n")
     if scores is not None:
         atomic_write_json(run.scores_json, scores)
@@ -200,7 +200,7 @@ def scores_for(n: int, fd: float, clip: float, faceless: int = 0) -> dict:
         ],  # fmt: skip
         "per_image": [
             {
-                "path": f"{i:02d}_g5.0_s0.png",
+                "image": f"{i:02d}_g5.0_s0.png",
                 "prompt": p,
                 "face_distance": round(fd + 0.01 * i, 4),
                 "clip_score": round(clip - 0.002 * i, 4),
@@ -214,6 +214,47 @@ def scores_for(n: int, fd: float, clip: float, faceless: int = 0) -> dict:
 def sleeper() -> subprocess.Popen:
     """A real process in its own session standing for a run's trainer (the state shown is the folder's)."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+
+
+# Made-up scores for the study's 11 experiments: (face_distance, clip_score, faceless).
+SWEEP_SCORES = {
+    "exp01": (0.80, 0.290, 1), "exp02": (0.78, 0.300, 0), "exp03": (0.76, 0.299, 0), "exp04": (0.79, 0.295, 2),
+    "exp05": (0.85, 0.301, 0), "exp06": (0.71, 0.296, 1), "exp07": (0.90, 0.305, 0), "exp08": (0.82, 0.298, 0),
+    "exp09": (0.77, 0.304, 0), "exp10": (0.74, 0.292, 3), "exp11": (0.75, 0.301, 0),
+}  # fmt: skip
+
+
+def scored_sweep(root: Path, n_images: int = 2) -> config.Study:
+    """The shipped 11-experiment study, every run done and scored, with face photos as eval images."""
+    import json
+    import shutil
+
+    from PIL import PngImagePlugin
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "experiments.toml", root / "experiments.toml")
+    (root / "photos").mkdir(exist_ok=True)
+    study = config.load(root / "experiments.toml")
+    for exp in study.experiments:
+        run = runs.prepare(study, exp)
+        run.write_status(state=runs.DONE, started_at=T0, finished_at=T0 + 600.0)
+        total = exp.settings.max_train_steps
+        run.append_event("step", step=total, total=total, loss=0.3, sec_per_step=1.5)
+        fd, clip, faceless = SWEEP_SCORES[exp.name]
+        prompts = exp.settings.eval_prompts[:n_images]
+        per_image = [{"image": f"{i:03d}.png", "prompt": p, "face": i >= faceless,
+                      "face_distance": None if i < faceless else round(fd + 0.01 * i, 4),
+                      "clip_score": round(clip - 0.002 * i, 4)} for i, p in enumerate(prompts)]  # fmt: skip
+        scores = {"face_distance": fd, "clip_score": clip, "clip_score_x100": clip * 100, "faceless": faceless,
+                  "identity_similarity": 1 - fd / 2, "n_images": len(exp.settings.eval_prompts),
+                  "per_image": per_image}  # fmt: skip
+        run.scores_json.write_text(json.dumps(scores))
+        run.eval_dir.mkdir(parents=True)
+        for i, prompt in enumerate(prompts):
+            meta = PngImagePlugin.PngInfo()
+            meta.add_text("prompt", prompt)
+            face_image(exp.number * 3 + i).save(run.eval_dir / f"{i:03d}.png", pnginfo=meta)
+    return study
 
 
 def populated_study(root: Path, running_pid: int | None = None) -> config.Study:

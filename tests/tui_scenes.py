@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textual.pilot import Pilot
-from tui_helpers import FixedTelemetry, populated_study, sleeper
+from tui_helpers import FixedTelemetry, populated_study, scored_sweep, sleeper
 
 from flux_tui.telemetry import GiB
 from flux_tui.tui.app import FluxApp
@@ -33,6 +33,7 @@ class Scene:
     title: str
     run_before: Callable[[Pilot], Awaitable[None]]
     gpus: bool = False
+    sweep: bool = False  # the shipped 11-run study, all scored, instead of runs in every state
 
 
 async def _wait(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0) -> None:
@@ -134,6 +135,21 @@ async def full_image(pilot: Pilot) -> None:
     await _images_loaded(pilot)
 
 
+def _view(key: str, *keys: str) -> Callable[[Pilot], Awaitable[None]]:
+    async def scene(pilot: Pilot) -> None:
+        await pilot.app.ready.wait()  # type: ignore[attr-defined]
+        await pilot.pause(0.3)
+        await pilot.press(key)
+        await pilot.pause(0.5)
+        for k in keys:
+            await pilot.press(k)
+            await pilot.pause(0.1)
+        await pilot.pause(0.7)
+        await _images_loaded(pilot)
+
+    return scene
+
+
 SCENES = [
     Scene("dashboard", "Matrix, live log, loss plot, latest sample and gauges (no NVIDIA GPU)", dashboard),
     Scene("dashboard_gpu", "A running run selected, on a two-GPU server", dashboard_running, gpus=True),
@@ -148,6 +164,11 @@ SCENES = [
     Scene("detail_samples", "Run detail: intermediate samples by step", _detail("tab-samples")),
     Scene("detail_failed", "Run detail of a failed run", _detail("tab-overview", "exp05")),
     Scene("full_image", "One image full size", full_image),
+    Scene("leaderboard", "Leaderboard of the study's sweep: sorted by CLIP score, best marked, top picks",
+          _view("2", "c"), sweep=True),
+    Scene("compare", "Compare: prompt x run grid of the top picks with their scores", _view("2", "v"), sweep=True),
+    Scene("effects", "Effects: steps, the runs that differ only in it, charts and readings",
+          _view("3", "right_square_bracket", "right_square_bracket", "right_square_bracket"), sweep=True),
 ]
 
 
@@ -159,9 +180,11 @@ class SceneWorkspace:
         time.tzset()
         self.proc: subprocess.Popen = sleeper()
         self.study = populated_study(root, running_pid=self.proc.pid)
+        self.sweep = scored_sweep(root.parent / f"{root.name}-sweep")
 
     def app(self, scene: Scene) -> FluxApp:
-        app = FluxApp(self.study, telemetry=None, run_queue=False, interval=0.05, status_every=0.05)
+        study = self.sweep if scene.sweep else self.study
+        app = FluxApp(study, telemetry=None, run_queue=False, interval=0.05, status_every=0.05)
         app.sample_gpus = scene.gpus  # type: ignore[attr-defined]
         return app
 

@@ -19,6 +19,8 @@ from textual.widgets import Footer, Header, Label, Static
 from flux_tui.config import Study
 from flux_tui.runs import RunDir, run_dir
 from flux_tui.tui.images import Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.model import image_name
+from flux_tui.tui.model import per_image as per_image_scores
 
 CELL_W = 26  # Thumbnail's width
 
@@ -72,9 +74,7 @@ def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str],
     columns = []
     for run in runs:
         scores = run.scores()
-        per_image = {
-            str(row.get("image")): row for row in (scores or {}).get("per_image", []) if isinstance(row, dict)
-        }
+        per_image = {image_name(row): row for row in per_image_scores(scores)}
         col = Column(run.name, scores)
         for p in run.config().get("eval_prompts", []):
             if p not in prompts:
