@@ -311,6 +311,8 @@ def _check_settings(col: _Collector, table: str, index: int, values: dict[str, A
 def _resolve_paths(values: dict[str, Any], root: Path) -> dict[str, Any]:
     out = dict(values)
     for key in PATH_KEYS:
+        if key not in out and isinstance(Settings.model_fields[key].default, str):
+            out[key] = Settings.model_fields[key].default  # a default path is relative to the file too
         if isinstance(out.get(key), str):
             out[key] = str((root / Path(out[key]).expanduser()).resolve())
     for key in ("base_model", "clip_model"):

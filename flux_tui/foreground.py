@@ -166,7 +166,7 @@ def run_experiments(study: Study, experiments: Sequence[Experiment], *, no_eval:
             try:
                 run = runs.prepare(study, exp)
                 state, interrupted = run_one(run, label, no_eval=no_eval, verbose=verbose, out=out)
-            except (runs.StaleRunError, launch.AlreadyRunning) as exc:
+            except (runs.LaunchError, launch.AlreadyRunning) as exc:
                 print(f"{label}  not started: {exc}", file=out)
                 failed += 1
                 continue

@@ -8,7 +8,6 @@ two dashboards (or a dashboard and `flux-tui run`) never start the same run twic
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from flux_tui import procs
+from flux_tui.fsutil import file_lock
 from flux_tui.runs import RUNNING, RunDir
 
 
@@ -31,13 +31,8 @@ def engine_command(run: RunDir, *extra: str) -> list[str]:
 @contextlib.contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
     """An exclusive lock on the run folder for the moment of check-and-launch (flock: freed on exit)."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    with open(run.path / ".launch.lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(run.path / ".launch.lock"):
+        yield
 
 
 def start(

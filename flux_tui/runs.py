@@ -273,6 +273,12 @@ def run_dir(study: Study, name: str) -> RunDir:
 def prepare(study: Study, experiment: Experiment) -> RunDir:
     """Create or refresh the folder of a run about to start. run.json is rewritten only when the run has
     no training yet (a stale run with a LoRA must be reset by the user, never silently mixed)."""
+    data = Path(experiment.settings.data_dir)
+    if not data.is_dir():
+        raise LaunchError(
+            f"{study.file}: run {experiment.name!r}: data_dir {data} does not exist; put the subject's photos "
+            "there or point data_dir at them"
+        )
     run = run_dir(study, experiment.name)
     stored = run.read_run()
     if stored is None or not run.lora_file.exists() and not run.checkpoints():
@@ -284,7 +290,11 @@ def prepare(study: Study, experiment: Experiment) -> RunDir:
     return run
 
 
-class StaleRunError(Exception):
+class LaunchError(Exception):
+    """A run that cannot start as configured; the message says why and what to do."""
+
+
+class StaleRunError(LaunchError):
     def __init__(self, run: RunDir, reason: str):
         self.run = run
         super().__init__(

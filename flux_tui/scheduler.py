@@ -14,7 +14,6 @@ order. Without an NVIDIA GPU runs go to the CPU, `runs_per_gpu` at a time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from flux_tui import launch, procs, runs
 from flux_tui.config import Study
+from flux_tui.fsutil import file_lock
 from flux_tui.runs import CANCELLED, DONE, FAILED, NEW, OOM, QUEUED, RUNNING, RunDir, Status
 from flux_tui.telemetry import GpuStat
 
@@ -101,13 +101,8 @@ class Scheduler:
 
     @contextlib.contextmanager
     def _queue_lock(self) -> Iterator[None]:
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.runs_dir / ".queue.lock", "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with file_lock(self.runs_dir / ".queue.lock"):
+            yield
 
     # -- state
     def reconcile(self) -> dict[str, Status]:
@@ -169,7 +164,7 @@ class Scheduler:
             return Outcome(True, f"{name} is already queued", name)
         try:
             run = runs.prepare(self.study, exp)
-        except runs.StaleRunError as exc:
+        except runs.LaunchError as exc:
             return Outcome(False, str(exc), name)
         ckpt = run.latest_checkpoint()
         # queued_at orders the queue; "run next" puts the run just before the earliest queued one.
@@ -237,7 +232,7 @@ class Scheduler:
         try:
             runs.prepare(self.study, exp)
             proc = self._start(run, env=device_env(device), device=device)
-        except runs.StaleRunError as exc:
+        except runs.LaunchError as exc:
             run.mark_finished(FAILED, str(exc))
             return False
         except launch.AlreadyRunning:

@@ -73,6 +73,11 @@ def test_minimal_file_and_defaults(tmp_path: Path) -> None:
     assert study.warnings == []
 
 
+def test_default_data_folder_resolves_relative_to_the_file(tmp_path: Path) -> None:
+    study = config.load(write(tmp_path, '[[experiment]]\nname = "a"\n'))
+    assert study.experiments[0].settings.data_dir == str(tmp_path / "photos")
+
+
 def test_sweep_expands_cartesian_product_with_generated_names(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -40,6 +40,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> config.Study:
     root = tmp_path_factory.mktemp("effects")
     rows = "".join(f'\n[[experiment]]\nname = "{name}"\n{over}\n' for name, (over, _) in MATRIX.items())
     (root / "experiments.toml").write_text(STUDY + rows)
+    (root / "photos").mkdir()
     study = config.load(root / "experiments.toml")
     for exp in study.experiments:
         fd, clip, faceless = MATRIX[exp.name][1]

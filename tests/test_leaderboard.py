@@ -59,6 +59,7 @@ def study(tmp_path: Path) -> config.Study:
         for name, (lr, rank, *_) in RUNS.items()
     )
     (tmp_path / "experiments.toml").write_text(STUDY + rows)
+    (tmp_path / "photos").mkdir()
     study = config.load(tmp_path / "experiments.toml")
     for i, exp in enumerate(study.experiments):
         lr, rank, fd, clip, faceless = RUNS[exp.name]

@@ -137,3 +137,10 @@ def test_tail_reader_starts_near_the_end_of_a_big_file(tmp_path: Path) -> None:
     lines = TailReader(path, max_initial_bytes=4096).read_lines()
     assert lines[-1] == "line 99999" and len(lines) < 500
     assert all(line.startswith("line ") for line in lines)  # no torn first line
+
+
+def test_a_missing_data_folder_is_an_error_at_launch(study: config.Study, tmp_path: Path) -> None:
+    (tmp_path / "photos").rmdir()
+    with pytest.raises(runs.LaunchError, match=r"run 'a': data_dir .*photos does not exist"):
+        runs.prepare(study, study.experiments[0])
+    assert not study.workspace.runs_dir.exists()  # nothing written

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from flux_tui.fsutil import file_sha256
+
 # Bump when the cropping changes, so cached crops (and the latents made from them) are not reused.
 CROP_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -35,12 +37,6 @@ class TrainImage:
     face_found: bool
 
 
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -119,7 +115,7 @@ def prepare_images(
             skipped.append(src.name)
             continue
         try:
-            key = hashlib.sha256(f"{file_hash(src)}:{CROP_VERSION}:{resolution}".encode()).hexdigest()[:24]
+            key = hashlib.sha256(f"{file_sha256(src)}:{CROP_VERSION}:{resolution}".encode()).hexdigest()[:24]
             cached = crops / f"{key}.png"
             meta = crops / f"{key}.face"
             if cached.exists() and meta.exists():

@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from flux_tui.cli import score_args
-from flux_tui.fsutil import atomic_write_json, read_json
+from flux_tui.fsutil import atomic_write_json, file_sha256, read_json
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
@@ -70,12 +70,6 @@ def load_image(path: Path) -> Image.Image:
         return ImageOps.exif_transpose(im).convert("RGB")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- face weights -----------------------------------------------------------------------------------
@@ -165,7 +159,7 @@ class FaceEmbedder:
                                    f"{VGGFACE2_FILE}: {str(exc)[:300]}") from None  # fmt: skip
         self.net = net.eval().to(self.device)
         self.mtcnn = MTCNN(image_size=FACE_SIZE, margin=0, post_process=True, select_largest=True, device=self.device)
-        self.weights_sha = _sha256(self.weights)
+        self.weights_sha = file_sha256(self.weights)
 
     def faces(self, images: Sequence[Image.Image]) -> list[Any]:
         """MTCNN's face crops (3x160x160 tensors) or None per image. One image per call: facenet-pytorch
@@ -246,7 +240,7 @@ class Reference:
 def reference_key(photos: Sequence[Path], face: FaceEmbedder) -> str:
     h = hashlib.sha256(f"v{REFERENCE_VERSION}|{face.weights_sha}|mtcnn{FACE_SIZE}".encode())
     for p in photos:
-        h.update(f"|{p.name}|{_sha256(p)}".encode())
+        h.update(f"|{p.name}|{file_sha256(p)}".encode())
     return h.hexdigest()[:20]
 
 

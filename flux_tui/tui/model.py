@@ -267,3 +267,14 @@ def per_prompt(scores: dict[str, Any] | None) -> list[dict[str, Any]]:
     if isinstance(raw, dict):
         return [{"prompt": k, **v} for k, v in raw.items() if isinstance(v, dict)]
     return [r for r in raw if isinstance(r, dict)]
+
+
+def outcomes_changed(seen: dict[str, tuple[str, bool]], views: dict[str, Any]) -> bool:
+    """Record each run's (state, has scores) in `seen`; True when any differs from the last call. Views
+    that rank finished runs re-read on this, not on every training step."""
+    changed = False
+    for name, view in views.items():
+        outcome = (view.state, view.scores is not None)
+        changed |= seen.get(name) != outcome
+        seen[name] = outcome
+    return changed

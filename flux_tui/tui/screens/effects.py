@@ -19,6 +19,7 @@ from flux_tui import analysis, results
 from flux_tui.analysis import Comparison, Effect
 from flux_tui.config import Study
 from flux_tui.tui.format import lr_text
+from flux_tui.tui.model import outcomes_changed
 
 CHART_SCORES = ("face_distance", "clip_score", "faceless")
 _FIXED_LABELS = {
@@ -158,12 +159,7 @@ class EffectsScreen(Screen):
 
     def runs_changed(self, views: dict[str, Any]) -> None:
         """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
-        changed = False
-        for name, view in views.items():
-            state = (view.state, view.scores is not None)
-            changed |= self._states.get(name) != state
-            self._states[name] = state
-        if changed and self.loaded and self.is_current:
+        if outcomes_changed(self._states, views) and self.loaded and self.is_current:
             self.action_reload()
 
     def on_screen_resume(self) -> None:

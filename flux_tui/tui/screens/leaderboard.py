@@ -18,6 +18,7 @@ from flux_tui.config import Study
 from flux_tui.results import LOWER_IS_BETTER, RunRecord
 from flux_tui.runs import DONE
 from flux_tui.tui.format import lr_text
+from flux_tui.tui.model import outcomes_changed
 
 if TYPE_CHECKING:
     from textual.widgets.data_table import ColumnKey
@@ -126,12 +127,7 @@ class LeaderboardScreen(Screen):
 
     def runs_changed(self, views: dict[str, Any]) -> None:
         """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
-        changed = False
-        for name, view in views.items():
-            state = (view.state, view.scores is not None)
-            changed |= self._states.get(name) != state
-            self._states[name] = state
-        if changed and self.loaded and self.is_current:
+        if outcomes_changed(self._states, views) and self.loaded and self.is_current:
             self.action_refresh()
 
     def on_screen_resume(self) -> None:
