@@ -23,3 +23,13 @@ async def test_dashboard_shows_one_row_per_experiment_of_the_shipped_file() -> N
         assert "exp01" in first and "Extreme parameters" in first and "0.001" in first
         last = [str(c) for c in table.get_row_at(10)]
         assert "exp11" in last and "constant" in last
+
+
+async def test_the_files_warnings_are_shown_in_the_dashboard(tmp_path: Path) -> None:
+    (tmp_path / "experiments.toml").write_text('[[experiment]]\nname = "a"\n')  # no photos/ folder
+    study = config.load(tmp_path / "experiments.toml")
+    app = FluxApp(study)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        shown = [str(n.message) for n in app._notifications]
+        assert any("photos does not exist" in m for m in shown), shown

@@ -84,6 +84,9 @@ class FluxApp(App[int]):
     def on_mount(self) -> None:
         if self.watcher is not None:
             self.watcher.start()
+        # What `flux-tui check` warns about (a missing photo folder) would scroll away under the app.
+        for problem in self.study.warnings:
+            self.notify(str(problem), title="experiments.toml", severity="warning", timeout=15)
 
     def on_unmount(self) -> None:
         if self.watcher is not None:
