@@ -299,5 +299,9 @@ def test_a_stop_reaches_the_whole_process_group(tmp_path: Path, monkeypatch) -> 
         return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
 
     wait_for(gone, timeout=5)
-    s.reconcile()
-    assert s.run("exp01").status().state == FAILED  # it had no handler: the vanished run is failed
+
+    def reconciled() -> bool:  # the run's own process may outlive its child by a moment
+        s.reconcile()
+        return s.run("exp01").status().state == FAILED
+
+    wait_for(reconciled, timeout=10)  # it had no handler: the vanished run is failed

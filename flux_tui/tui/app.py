@@ -7,6 +7,7 @@ starts and stops processes, and the app only forwards what they report to whatev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -17,6 +18,7 @@ import textual_image.renderable  # noqa: F401
 import textual_image.widget  # noqa: F401
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from flux_tui.config import Study
@@ -106,7 +108,9 @@ class FluxApp(App[int]):
         for screen in self._screens():
             fn: Callable | None = getattr(screen, method, None)
             if fn is not None and screen.is_mounted:
-                fn(*args)
+                # A screen still composing or being torn down has no widgets yet: it reads the state on mount.
+                with contextlib.suppress(NoMatches):
+                    fn(*args)
 
     def on_runs_changed(self, message: RunsChanged) -> None:
         self.views.update(message.views)
