@@ -373,7 +373,12 @@ def parse_text(text: str, file: Path) -> Study:
         if key not in SETTING_KEYS:
             col.add("defaults", 0, key, f"unknown key{_suggest(key, SETTING_KEYS)}")
     defaults = {k: v for k, v in defaults.items() if k in SETTING_KEYS}
+    before = len(col.problems)
     base = _check_settings(col, "defaults", 0, _resolve_paths(defaults, root))
+    # Rows are still checked when [defaults] is wrong, against the defaults that are right, so that every
+    # problem of the file is listed at once (a wrong default is reported once, at its own line).
+    bad_defaults = {p.key.rsplit(".", 1)[-1] for p in col.problems[before:] if p.key}
+    defaults = {k: v for k, v in defaults.items() if k not in bad_defaults}
 
     rows: list[tuple[str, int, dict[str, Any]]] = []
     for kind in ("experiment", "sweep"):
@@ -387,6 +392,7 @@ def parse_text(text: str, file: Path) -> Study:
     experiments: list[Experiment] = []
     rows_by_origin = {(kind, i): row for kind, i, row in rows}
     seen: dict[str, tuple[str, int]] = {}
+    numbers: dict[int, str] = {}
     number = 0
     for kind, i, row in rows:
         for key in row:
@@ -425,7 +431,7 @@ def parse_text(text: str, file: Path) -> Study:
         for combo in combos:
             number = row.get("number", number + 1) if kind == "experiment" else number + 1
             if kind == "experiment":
-                name = row.get("name") or f"exp{number:02d}"
+                name = row["name"] if "name" in row else f"exp{number:02d}"
             else:
                 name = _sweep_name(row.get("name", "sweep"), {k: combo[k] for k in varied})
             if not NAME_RE.match(name) or ".." in name:
@@ -438,8 +444,13 @@ def parse_text(text: str, file: Path) -> Study:
                 col.add(kind, i, "name", f"duplicate run name {name!r} (also at line {other_line})")
                 continue
             seen[name] = (kind, i)
+            if kind == "experiment" and "number" in row:
+                if number in numbers:
+                    col.add(kind, i, "number", f"duplicate experiment number {number} (also {numbers[number]!r})")
+                    continue
+                numbers[number] = name
             values = _resolve_paths({**defaults, **combo}, root)
-            settings = _check_settings(col, kind, i, values) if base is not None else None
+            settings = _check_settings(col, kind, i, values)
             if settings is None:
                 continue
             experiments.append(

@@ -156,6 +156,8 @@ BAD = [
     pytest.param(GOOD_HEAD + 'eval_prompts = ["a photo", "  "]\n', 8, "eval_prompts", "item 2 is empty", id="blank-prompt"),
     pytest.param(GOOD_HEAD + "gradient_checkpointing = 1\n", 8, "gradient_checkpointing", "true or false", id="bool"),
     pytest.param(GOOD_HEAD + "learning_rate = \n", 8, None, "TOML syntax error", id="syntax"),
+    pytest.param(GOOD_HEAD.replace('"a"', '""'), 6, "name", "unsafe run name ''", id="empty-name"),
+    pytest.param(GOOD_HEAD + 'number = 1\n\n[[experiment]]\nname = "b"\nnumber = 1\n', 12, "number", "duplicate experiment number 1", id="dup-number"),
     pytest.param("[defualts]\n", 1, "defualts", "did you mean 'defaults'", id="unknown-table"),
     pytest.param(GOOD_HEAD + "\n[workspace]\nruns_per_gpu = 0\n", 10, "runs_per_gpu", ">= 1", id="per-gpu"),
     pytest.param(GOOD_HEAD + '\n[[sweep]]\nname = "s"\nlora_rank = []\n', 11, "lora_rank", "non-empty list", id="empty-sweep"),
@@ -187,6 +189,16 @@ def test_every_problem_is_listed_not_just_the_first(tmp_path: Path) -> None:
         config.load(write(tmp_path, body))
     keys = {p.key.split(".")[-1] for p in info.value.problems}
     assert {"lora_rank", "max_train_steps", "foo"} <= keys
+
+
+def test_rows_are_checked_even_when_the_defaults_are_wrong(tmp_path: Path) -> None:
+    body = '[defaults]\nseed = 4.2\n\n[[experiment]]\nname = "a"\nmax_train_steps = "30"\nlerning_rate = 1\nlora_rank = 0\n'
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, body))
+    assert [(p.line, p.key) for p in info.value.problems] == [
+        (2, "[defaults].seed"), (7, "[[experiment]] #1.lerning_rate"),
+        (6, "[[experiment]] #1.max_train_steps"), (8, "[[experiment]] #1.lora_rank"),
+    ]  # fmt: skip
 
 
 def test_missing_data_folder_is_a_warning_with_its_line(tmp_path: Path) -> None:
