@@ -431,7 +431,7 @@ def parse_text(text: str, file: Path) -> Study:
         for combo in combos:
             number = row.get("number", number + 1) if kind == "experiment" else number + 1
             if kind == "experiment":
-                name = row["name"] if "name" in row else f"exp{number:02d}"
+                name = row.get("name", f"exp{number:02d}")
             else:
                 name = _sweep_name(row.get("name", "sweep"), {k: combo[k] for k in varied})
             if not NAME_RE.match(name) or ".." in name:
