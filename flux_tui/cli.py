@@ -103,8 +103,13 @@ def run_engine(module: str, *args: str) -> int:
 # -- commands --------------------------------------------------------------------------------------
 
 
+FILE_HELP = f"the study file (default: {config.DEFAULT_FILE})"
+
+
 def _file_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", nargs="?", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
+    """The study file, as a positional or as -f/--file (every command takes -f)."""
+    p.add_argument("-f", "--file", dest="file", default=config.DEFAULT_FILE, metavar="FILE", help=FILE_HELP)
+    p.add_argument("file", nargs="?", default=argparse.SUPPRESS, metavar="FILE", help=FILE_HELP)
 
 
 @command("check", "Validate a study file and print its expanded experiment matrix.", _file_arg)
@@ -155,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="the folder to write report.md and its PNG charts and contact sheets into")
-    p.add_argument("--file", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help=FILE_HELP)
 
 
 @command("report", "Write a Markdown report with PNG effect charts and prompt x run contact sheets.", _report_args)

@@ -48,3 +48,10 @@ def test_dashboard_on_a_bad_file_exits_cleanly_with_the_messages(tmp_path: Path)
     assert out.returncode == 2
     assert f"{bad}:2: [defaults].resolution: must be a multiple of 16 (try 992 or 1008)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_command_takes_the_study_file_as_dash_f(tmp_path: Path) -> None:
+    out = flux_tui("check", "-f", str(REPO / "experiments.toml"), cwd=tmp_path)
+    assert out.returncode == 0 and "11 experiment(s)" in out.stdout
+    out = flux_tui("export", "-f", str(REPO / "experiments.toml"), "--format", "csv", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.count("\n") == 12
