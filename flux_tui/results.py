@@ -7,6 +7,7 @@ runs of experiments since removed from the file) follow, so nothing on disk is h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flux_tui.config import Study
@@ -51,6 +52,9 @@ class RunRecord:
         row["state"] = self.status.state
         row["stale"] = self.stale or ""
         row.update(self.timings)
+        for key in ("started_at", "finished_at"):  # readable in a table, still parseable
+            if isinstance(row.get(key), int | float):
+                row[key] = datetime.fromtimestamp(row[key], tz=UTC).isoformat(timespec="seconds")
         for key in (*SCORE_KEYS, "clip_score_x100", "n_images"):
             row[key] = self.scores.get(key) if self.scores else None
         return row

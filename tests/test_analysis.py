@@ -59,6 +59,7 @@ def test_export_matches_the_run_folders(study: config.Study) -> None:
     row = next(r for r in rows if r["name"] == "exp11")
     assert (row["learning_rate"], row["lora_rank"], row["lora_alpha"], row["lr_scheduler"]) == ("0.0005", "16", "16", "constant")
     assert (row["state"], row["face_distance"], row["faceless"], row["duration_s"]) == ("done", "0.75", "0", "600.0")
+    assert (row["started_at"], row["finished_at"]) == ("2026-01-01T00:00:00+00:00", "2026-01-01T00:10:00+00:00")
     data = json.loads(export.render(recs, "json"))
     assert data[0]["max_train_steps"] == 500 and data[0]["clip_score"] == 0.29
     md = export.render(recs, "md").splitlines()
