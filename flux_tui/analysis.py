@@ -59,6 +59,21 @@ def sort_key(key: str):
     return k
 
 
+NO_FACES = (
+    "no run has a face distance: no face was found in any generated image "
+    "(with the demo's random-weight model there never is one)"
+)
+
+
+def picks_note(records: list[RunRecord]) -> str | None:
+    """Why there are no top picks, or None when there are some."""
+    if top_picks(records):
+        return None
+    if not scored(records):
+        return "no scored runs yet: scores appear when a run's evaluation is done"
+    return NO_FACES
+
+
 def top_picks(records: list[RunRecord], n: int = 3) -> list[RunRecord]:
     """The study's way of choosing: see PICK_RULE."""
     runs = [r for r in scored(records) if r.score("face_distance") is not None]
@@ -98,7 +113,11 @@ class Effect:
             if c.scores[score][i] is not None and c.scores[score][i + 1] is not None
         ]
         if not pairs:
-            return f"{label}: no scored runs differ only in it"
+            if not self.comparisons:
+                return f"{label}: no scored runs differ only in it"
+            if score in ("face_distance", "identity_similarity"):
+                return f"{label}: the runs that differ only in it have no {what} (no face found in their images)"
+            return f"{label}: the runs that differ only in it are not scored yet"
         if self.key == "lr_scheduler":
             wins: dict[str, int] = defaultdict(int)
             for a, b, sa, sb in pairs:
@@ -109,6 +128,8 @@ class Effect:
         more = "more steps" if self.key == "max_train_steps" else f"higher {label}"
         up = sum(sb > sa for _, _, sa, sb in pairs)
         down = sum(sb < sa for _, _, sa, sb in pairs)
+        if up == down == 0:
+            return f"{more} left {what} unchanged in {len(pairs)} of {len(pairs)} comparisons"
         if up == down:
             return f"{more} raised {what} in {up} and lowered it in {down} of {len(pairs)} comparisons"
         direction, count = ("raised", up) if up > down else ("lowered", down)

@@ -117,7 +117,7 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str = "flux-tui
             for i, r in enumerate(picks, start=1)
         ]
     else:
-        lines.append("No scored runs yet.")
+        lines.append(f"{analysis.picks_note(records)}.".capitalize())
     lines += ["", "## All runs", "", render(records, "md")]
     lines += ["## Effects of hyperparameters", ""]
     for effect in analysis.all_effects(records):

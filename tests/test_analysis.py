@@ -84,3 +84,19 @@ def test_report_writes_markdown_charts_and_contact_sheet(study: config.Study, tm
     sheet = Image.open(path.parent / "contact_sheet.png")
     # 11 runs side by side, 2 prompts down: the sheet is wider than tall.
     assert sheet.size[0] > sheet.size[1]
+
+
+def test_runs_without_faces_are_explained_not_called_unscored(study: config.Study, tmp_path: Path) -> None:
+    # The demo's random model draws no faces: CLIP scores but no face distance anywhere.
+    for rec in results.collect(study):
+        assert rec.run is not None
+        rec.run.scores_json.write_text(json.dumps({"clip_score": 0.1, "faceless": 11, "n_images": 11}))
+    recs = results.collect(study)
+    assert analysis.top_picks(recs) == [] and analysis.picks_note(recs) == analysis.NO_FACES
+    lr = analysis.find_effects(recs, "learning_rate")
+    assert lr.reading("face_distance") == (
+        "learning rate: the runs that differ only in it have no face distance (no face found in their images)"
+    )
+    assert lr.reading("faceless") == "higher learning rate left faceless images unchanged in 2 of 2 comparisons"
+    text = report.write_report(recs, tmp_path / "r").read_text()
+    assert "No run has a face distance: no face was found" in text

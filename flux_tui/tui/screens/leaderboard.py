@@ -187,8 +187,9 @@ class LeaderboardScreen(Screen):
         self.query_one("#lb-summary", Static).update(
             f"{len(board)} finished run(s), {len(scored)} scored · {order} · {BEST} best of a column{sel}"
         )
-        if not scored:
-            text = Text("no scored runs yet: scores appear when a run's evaluation is done", style="dim")
+        note = analysis.picks_note(board)
+        if note:
+            text = Text(note, style="dim")
         else:
             text = Text(f"rule: {analysis.PICK_RULE}\n", style="dim")
             by_name = {r.name: r for r in board}
