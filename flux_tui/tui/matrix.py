@@ -52,6 +52,13 @@ def _num(v: float | None, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
 
+def _face_distance(v: RunView) -> str:
+    # Scored, but no face in any image: say so rather than leave the cell blank as if not scored.
+    if v.scores is not None and v.score("face_distance") is None and v.score("clip_score") is not None:
+        return "no face"
+    return _num(v.score("face_distance"), ".4f")
+
+
 def _progress(_: Experiment, v: RunView) -> str:
     if v.queue_pos is not None and v.state == "queued":
         return f"queue #{v.queue_pos}"
@@ -78,8 +85,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("loss", "loss", 7, lambda e, v: v.loss, lambda e, v: _num(v.loss, ".4f"), dynamic=True),
     Column("sec_per_step", "s/step", 6, lambda e, v: v.sec_per_step, lambda e, v: _num(v.sec_per_step, ".2f"), dynamic=True),
     Column("eta", "ETA", 6, lambda e, v: v.eta_s if v.state == RUNNING else None, _eta, dynamic=True),
-    Column("face_distance", "face↓", 6, lambda e, v: v.score("face_distance"),
-           lambda e, v: _num(v.score("face_distance"), ".4f"), best="min", dynamic=True),
+    Column("face_distance", "face↓", 7, lambda e, v: v.score("face_distance"),
+           lambda e, v: _face_distance(v), best="min", dynamic=True),
     Column("clip_score", "CLIP↑", 6, lambda e, v: v.score("clip_score"),
            lambda e, v: _num(v.score("clip_score"), ".4f"), best="max", dynamic=True),
     Column("faceless", "no face", 7, lambda e, v: v.faceless,
