@@ -60,8 +60,10 @@ def status(study: config.Study, name: str):
 
 
 async def test_launch_two_runs_stop_one_and_resume_it_then_both_finish_with_scores(
-    demo_workspace: Path, tmp_path: Path
+    demo_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Slow the tiny runs down (the trainer's documented fault switch) so the stop lands mid-training.
+    monkeypatch.setenv("FLUX_TUI_FAULT", "step_delay:0.1")
     study = workspace_copy(demo_workspace, tmp_path / "ws", runs_per_gpu=2)
     app = FluxApp(study, telemetry=FixedTelemetry(), interval=0.1, status_every=0.2, tick_every=0.5)
     async with app.run_test(size=SIZE) as pilot:
@@ -116,7 +118,9 @@ def _open_dashboard(file: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "flux_tui", str(file)],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-        env={**os.environ, "TERM": "xterm-256color"},
+        # The demo's run takes about a second: slowed down (the trainer's documented fault switch, inherited by
+        # the run this dashboard launches) it is still training when the new dashboard looks for it.
+        env={**os.environ, "TERM": "xterm-256color", "FLUX_TUI_FAULT": "step_delay:0.2"},
     )  # fmt: skip
     os.close(slave)
     return proc, master
