@@ -74,15 +74,25 @@ def _timings(run: RunDir, status: Status) -> dict[str, float | None]:
     }
 
 
+TRAINING_HP = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler")
+
+
 def record(run: RunDir, *, number: int | None = None, group: str = "", stale: str | None = None) -> RunRecord:
     meta = run.read_run() or {}
     status = run.status()
+    kind = meta.get("kind", "experiment")
+    cfg = dict(meta.get("config", {}))
+    number = number if number is not None else meta.get("number")
+    if kind != "experiment":
+        number = None  # a pseudo-run is not one of the study's numbered experiments
+        if run.lora_source() is None:  # the base model alone: no training hyperparameter applies to it
+            cfg = {k: v for k, v in cfg.items() if k not in TRAINING_HP}
     return RunRecord(
         name=run.name,
-        number=number if number is not None else meta.get("number"),
+        number=number,
         group=group or meta.get("group", ""),
-        kind=meta.get("kind", "experiment"),
-        config=dict(meta.get("config", {})),
+        kind=kind,
+        config=cfg,
         status=status,
         scores=run.scores(),
         stale=stale,

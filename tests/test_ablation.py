@@ -60,9 +60,15 @@ def test_ablation_pseudo_runs_are_scored_beside_the_real_runs(study: config.Stud
     # The comparison tables list them beside the real runs, marked as what they are.
     kinds = {r.name: r.kind for r in results.collect(study)}
     assert kinds["exp01"] == "experiment" and kinds["exp01-realname"] == kinds["ablation-base"] == KIND_ABLATION
+    recs = {r.name: r for r in results.collect(study)}
+    base_rec, realname_rec = recs["ablation-base"], recs["exp01-realname"]
+    assert base_rec.number is None and realname_rec.number is None  # not numbered experiments of the study
+    assert base_rec.hp("learning_rate") is None and base_rec.hp("lora_rank") is None  # no LoRA: no settings
+    assert realname_rec.hp("lora_rank") == study.get("exp01").settings.lora_rank  # exp01's LoRA and settings
 
     # Nothing changed: a second call keeps what it has.
     stamp = lora_name.scores_json.stat().st_mtime_ns
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.count("up to date") == 3
     assert lora_name.scores_json.stat().st_mtime_ns == stamp
+
