@@ -252,8 +252,8 @@ def samples_on_disk(run: RunDir, view: RunView) -> list[SampleSet]:
 
 
 def image_name(item: dict[str, Any]) -> str:
-    """The file name of a per-image score entry (scores.json names it `image`; older files `path`)."""
-    return Path(str(item.get("image") or item.get("path") or item.get("file") or "")).name
+    """The file name of a per-image score entry of scores.json."""
+    return Path(str(item.get("image") or "")).name
 
 
 def per_image(scores: dict[str, Any] | None) -> list[dict[str, Any]]:
