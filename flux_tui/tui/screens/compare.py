@@ -13,7 +13,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Static
 
 from flux_tui.config import Study
@@ -21,6 +20,7 @@ from flux_tui.runs import RunDir, run_dir
 from flux_tui.tui.images import Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.model import image_name
 from flux_tui.tui.model import per_image as per_image_scores
+from flux_tui.tui.screens.base import StudyScreen
 
 CELL_W = 26  # Thumbnail's width
 
@@ -96,7 +96,7 @@ def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str],
     return prompts, columns
 
 
-class CompareScreen(Screen):
+class CompareScreen(StudyScreen):
     DEFAULT_CSS = f"""
     CompareScreen #cmp-grid {{ height: 1fr; overflow: auto auto; }}
     CompareScreen .cmp-row {{ height: auto; width: auto; }}
@@ -112,16 +112,11 @@ class CompareScreen(Screen):
     ]
 
     def __init__(self, names: list[str], study: Study | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(study, **kwargs)
         self.names = list(names)
-        self._study = study
         self.prompts: list[str] = []
         self.columns: list[Column] = []
         self.loaded = False
-
-    @property
-    def study(self) -> Study:
-        return self._study or self.app.study  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -11,7 +11,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
@@ -19,7 +18,7 @@ from flux_tui import analysis, results
 from flux_tui.analysis import Comparison, Effect
 from flux_tui.config import Study
 from flux_tui.tui.format import lr_text
-from flux_tui.tui.model import outcomes_changed
+from flux_tui.tui.screens.base import OutcomeScreen
 
 CHART_SCORES = ("face_distance", "clip_score", "faceless")
 _FIXED_LABELS = {
@@ -121,7 +120,7 @@ def comparisons_text(effect: Effect) -> Text:
     return text
 
 
-class EffectsScreen(Screen):
+class EffectsScreen(OutcomeScreen):
     DEFAULT_CSS = """
     EffectsScreen TabPane { padding: 0 1; }
     EffectsScreen .fx-readings { height: auto; margin: 0 0 1 0; }
@@ -136,15 +135,8 @@ class EffectsScreen(Screen):
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._study = study
+        super().__init__(study, **kwargs)
         self.effects: list[Effect] = []
-        self.loaded = False
-        self._states: dict[str, tuple[str, bool]] = {}
-
-    @property
-    def study(self) -> Study:
-        return self._study or self.app.study  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -157,13 +149,8 @@ class EffectsScreen(Screen):
                     yield Static(classes="fx-runs")
         yield Footer()
 
-    def runs_changed(self, views: dict[str, Any]) -> None:
-        """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
-        if outcomes_changed(self._states, views) and self.loaded and self.is_current:
-            self.action_reload()
-
-    def on_screen_resume(self) -> None:
-        self.action_reload()  # on first show too: scores may have come in since
+    def reload(self) -> None:
+        self.action_reload()
 
     @work(thread=True, exclusive=True)
     def action_reload(self) -> None:

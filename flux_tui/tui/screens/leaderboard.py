@@ -10,7 +10,6 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from flux_tui import analysis, results
@@ -18,7 +17,7 @@ from flux_tui.config import Study
 from flux_tui.results import LOWER_IS_BETTER, RunRecord
 from flux_tui.runs import DONE
 from flux_tui.tui.format import lr_text
-from flux_tui.tui.model import outcomes_changed
+from flux_tui.tui.screens.base import OutcomeScreen
 
 if TYPE_CHECKING:
     from textual.widgets.data_table import ColumnKey
@@ -65,7 +64,7 @@ def score_cell(r: RunRecord, key: str, spec: str, best: dict[str, float]) -> Tex
     return Text(f"{v:{spec}}  ", justify="right")
 
 
-class LeaderboardScreen(Screen):
+class LeaderboardScreen(OutcomeScreen):
     DEFAULT_CSS = """
     LeaderboardScreen #lb-table { height: 1fr; }
     LeaderboardScreen #lb-summary { height: auto; padding: 0 1; color: $text-muted; }
@@ -84,19 +83,12 @@ class LeaderboardScreen(Screen):
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._study = study
+        super().__init__(study, **kwargs)
         self.records: list[RunRecord] = []
         self.rows: list[RunRecord] = []
         self.sort_key: str | None = "face_distance"
         self.sort_reverse = False
         self.selected: set[str] = set()
-        self.loaded = False
-        self._states: dict[str, tuple[str, bool]] = {}
-
-    @property
-    def study(self) -> Study:
-        return self._study or self.app.study  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -125,13 +117,8 @@ class LeaderboardScreen(Screen):
         t.add_column("pick", key="pick")
         t.focus()
 
-    def runs_changed(self, views: dict[str, Any]) -> None:
-        """The dashboard's watcher saw runs change: re-read when one finished or got scores (not per step)."""
-        if outcomes_changed(self._states, views) and self.loaded and self.is_current:
-            self.action_refresh()
-
-    def on_screen_resume(self) -> None:
-        self.action_refresh()  # on first show too: runs may have finished since
+    def reload(self) -> None:
+        self.action_refresh()
 
     # -- data, read off the event loop
     @work(thread=True, exclusive=True, group="leaderboard")

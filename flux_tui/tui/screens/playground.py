@@ -19,7 +19,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, SelectionList, Static
 
 from flux_tui.config import Study
@@ -27,6 +26,7 @@ from flux_tui.playground import PlaygroundClient, PlaygroundError
 from flux_tui.runs import RunDir
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.images import ImageWidget, load_thumbnail
+from flux_tui.tui.screens.base import StudyScreen
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
           "score": "scoring", "reference": "embedding reference photos"}  # fmt: skip
@@ -90,7 +90,7 @@ def result_text(r: dict[str, Any]) -> Text:
     return text
 
 
-class PlaygroundScreen(Screen):
+class PlaygroundScreen(StudyScreen):
     DEFAULT_CSS = """
     PlaygroundScreen #pg-form { width: 60; padding: 0 1; border-right: vkey $panel; }
     PlaygroundScreen #pg-form Label { margin: 1 0 0 0; color: $text-muted; }
@@ -113,17 +113,12 @@ class PlaygroundScreen(Screen):
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._study = study
+        super().__init__(study, **kwargs)
         self.client: PlaygroundClient | None = None
         self.current: int | None = None  # the request whose progress is shown
         self.busy = False
         self.results: list[dict[str, Any]] = []
         self.engine_ready = False
-
-    @property
-    def study(self) -> Study:
-        return self._study or self.app.study  # type: ignore[attr-defined]
 
     def _defaults(self) -> dict[str, Any]:
         s = self.study.experiments[0].settings if self.study.experiments else None
