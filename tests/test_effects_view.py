@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from textual.app import App, ComposeResult
 from textual.widgets import Static, TabbedContent
+from tui_helpers import ScreenHost
 
 from flux_tui import config, runs
 from flux_tui.tui.screens.effects import EffectChart, EffectsScreen
@@ -57,18 +57,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> config.Study:
     return study
 
 
-class ScreenApp(App[None]):
-    def __init__(self, study: config.Study) -> None:
-        super().__init__()
-        self.study = study
-
-    def compose(self) -> ComposeResult:
-        yield Static("host")
-
-    def on_mount(self) -> None:
-        self.push_screen(EffectsScreen())
-
-
 async def _loaded(pilot, screen: EffectsScreen) -> None:
     for _ in range(100):
         if screen.loaded:
@@ -78,7 +66,7 @@ async def _loaded(pilot, screen: EffectsScreen) -> None:
 
 
 async def test_effects_view_finds_the_designed_pairs_and_reads_them(study: config.Study) -> None:
-    app = ScreenApp(study)
+    app = ScreenHost(study, EffectsScreen)
     async with app.run_test(size=(180, 60)) as pilot:
         screen = app.screen
         assert isinstance(screen, EffectsScreen)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static
+from tui_helpers import ScreenHost
 
 from flux_tui import config, runs
 from flux_tui.tui.images import Thumbnail
@@ -77,21 +77,6 @@ def study(tmp_path: Path) -> config.Study:
     return study
 
 
-class ScreenApp(App[None]):
-    """A bare app holding one screen, as the dashboard would."""
-
-    def __init__(self, study: config.Study, screen_factory) -> None:
-        super().__init__()
-        self.study = study
-        self._factory = screen_factory
-
-    def compose(self) -> ComposeResult:
-        yield Static("host")
-
-    def on_mount(self) -> None:
-        self.push_screen(self._factory())
-
-
 async def _until(pilot, predicate, tries: int = 100) -> None:
     for _ in range(tries):
         if predicate():
@@ -106,7 +91,7 @@ def _names(screen: LeaderboardScreen) -> list[str]:
 
 
 async def test_leaderboard_sorts_by_each_score_and_marks_the_best(study: config.Study) -> None:
-    app = ScreenApp(study, LeaderboardScreen)
+    app = ScreenHost(study, LeaderboardScreen)
     async with app.run_test(size=(160, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, LeaderboardScreen)
@@ -138,7 +123,7 @@ async def test_leaderboard_sorts_by_each_score_and_marks_the_best(study: config.
 
 
 async def test_select_runs_and_compare_them_as_a_prompt_by_run_grid(study: config.Study) -> None:
-    app = ScreenApp(study, LeaderboardScreen)
+    app = ScreenHost(study, LeaderboardScreen)
     async with app.run_test(size=(160, 50)) as pilot:
         board = app.screen
         await _until(pilot, lambda: board.loaded)

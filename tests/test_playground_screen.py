@@ -8,8 +8,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input, ProgressBar, SelectionList, Static
+from tui_helpers import ScreenHost, until
 
 from flux_tui import config
 from flux_tui.tui.images import ImageWidget
@@ -26,42 +26,22 @@ def study(demo_workspace: Path, tmp_path: Path) -> config.Study:
     return dataclasses.replace(study, workspace=ws)
 
 
-class ScreenApp(App[None]):
-    def __init__(self, study: config.Study) -> None:
-        super().__init__()
-        self.study = study
-
-    def compose(self) -> ComposeResult:
-        yield Static("host")
-
-    def on_mount(self) -> None:
-        self.push_screen(PlaygroundScreen())
-
-
-async def _until(pilot, predicate, seconds: float = 300) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if predicate():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_prompt_in_image_and_scores_out_with_the_pipeline_kept(study: config.Study) -> None:
-    app = ScreenApp(study)
+    app = ScreenHost(study, PlaygroundScreen)
     async with app.run_test(size=(160, 50)) as pilot:
         screen = app.screen
         assert isinstance(screen, PlaygroundScreen)
         assert not list(screen.query_one("#pg-loras", SelectionList).selected)  # no runs yet: base model
-        await _until(pilot, lambda: screen.engine_ready, 120)
+        await until(pilot, lambda: screen.engine_ready, 120)
 
         # The study's training photos are the reference from the start; more can be added by path.
         refs = screen.query_one("#pg-refs")
-        await _until(pilot, lambda: "6 reference photo(s), 6 with a face" in str(refs.render()))
+        await until(pilot, lambda: "6 reference photo(s), 6 with a face" in str(refs.render()), 300)
         assert screen.query_one("#pg-ref", Input).value == str(study.experiments[0].settings.data_dir)
         await pilot.click("#pg-ref")
         await pilot.press("enter")  # the same folder again: no photo counted twice
         await pilot.pause(1.0)
-        await _until(pilot, lambda: not screen.busy)
+        await until(pilot, lambda: not screen.busy, 300)
         assert "6 reference photo(s), 6 with a face" in str(refs.render())
 
         screen.query_one("#pg-steps", Input).value = "3"
@@ -74,7 +54,7 @@ async def test_prompt_in_image_and_scores_out_with_the_pipeline_kept(study: conf
         await pilot.press("ctrl+n")
         assert screen.query_one("#pg-seed", Input).value == "1"
         await pilot.press("ctrl+g")  # a second press while busy is refused, not queued
-        await _until(pilot, lambda: len(screen.results) == 1)
+        await until(pilot, lambda: len(screen.results) == 1, 300)
         first = screen.results[0]
         assert Path(first["path"]).parent == study.workspace.root / "playground"
         assert first["seed"] == 0 and first["steps"] == 3 and first["loras"] == []
@@ -82,13 +62,13 @@ async def test_prompt_in_image_and_scores_out_with_the_pipeline_kept(study: conf
         scores = str(screen.query_one("#pg-scores", Static).render())
         assert f"CLIP score {first['clip_score']:.4f}" in scores and "face found no" in scores
         assert "loaded the model in" in scores
-        await _until(pilot, lambda: screen.query_one("#pg-image", ImageWidget).image is not None, 30)
+        await until(pilot, lambda: screen.query_one("#pg-image", ImageWidget).image is not None, 30)
         assert screen.query_one("#pg-progress", ProgressBar).percentage == 1.0
 
         # Enter in the prompt generates again (seed now 1): the pipeline stays loaded.
         prompt.focus()
         await pilot.press("enter")
-        await _until(pilot, lambda: len(screen.results) == 2)
+        await until(pilot, lambda: len(screen.results) == 2, 300)
         second = screen.results[1]
         assert second["seed"] == 1
         assert second["counters"]["pipeline_loads"] == 1 and second["timings"]["load_s"] == 0.0

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static, TabbedContent
-from tui_helpers import FixedTelemetry, make_study, populated_study, sleeper, write_run
+from tui_helpers import FixedTelemetry, make_study, populated_study, sleeper, until, write_run
 
 from flux_tui.runs import CANCELLED, QUEUED, RunDir
 from flux_tui.tui.app import FluxApp
@@ -26,16 +23,6 @@ from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.screens.help import HelpScreen
 
 SIZE = (160, 45)
-
-
-async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {pred}")
 
 
 @pytest.fixture

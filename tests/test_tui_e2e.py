@@ -13,13 +13,11 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Static
-from tui_helpers import FixedTelemetry
+from tui_helpers import FixedTelemetry, until
 
 from flux_tui import config, procs
 from flux_tui.runs import CANCELLED, DONE, RUNNING, RunDir
@@ -43,16 +41,6 @@ def workspace_copy(demo: Path, dest: Path, runs_per_gpu: int) -> config.Study:
     )
     (dest / "experiments.toml").write_text(text)
     return config.load(dest / "experiments.toml")
-
-
-async def until(pilot: Pilot, pred: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(study: config.Study, name: str):

@@ -7,9 +7,15 @@ import math
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.screen import Screen
+from textual.widgets import Static
 
 from flux_tui import config, runs
 from flux_tui.fsutil import atomic_write_json
@@ -297,3 +303,29 @@ class FixedTelemetry:
 
 
 HOST = socket.gethostname()
+
+
+async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Let the app run until `pred()` is true (and return it); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+
+
+class ScreenHost(App[None]):
+    """A bare app holding one screen over `study`, as the dashboard would."""
+
+    def __init__(self, study: config.Study, screen_factory: Callable[[], Screen]) -> None:
+        super().__init__()
+        self.study = study
+        self._factory = screen_factory
+
+    def compose(self) -> ComposeResult:
+        yield Static("host")
+
+    def on_mount(self) -> None:
+        self.push_screen(self._factory())
