@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flux_tui import config
+from flux_tui.core import config
 from flux_tui.engine import generate as gen
 from flux_tui.engine import score
 from flux_tui.engine.demo import build_demo_workspace

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flux_tui import config
-from flux_tui.playground import PlaygroundClient
+from flux_tui.core import config
+from flux_tui.core.playground_client import PlaygroundClient
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H
 def cpu_child(workspace: Path, mode: str, steps: int) -> dict:
     import torch
 
-    from flux_tui import config, runs
+    from flux_tui.core import config, runs
     from flux_tui.engine.train import StopFlag, Trainer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -108,9 +108,9 @@ def first_frame(file: Path) -> float:
 
 
 async def load(file: Path, seconds: float, rate: int) -> dict:
-    from flux_tui import config
+    from flux_tui.core import config
     from flux_tui.tui.app import FluxApp
-    from flux_tui.tui.logpane import LogPane
+    from flux_tui.tui.widgets.logpane import LogPane
 
     study = config.load(file)
     for exp in study.experiments:

@@ -11,7 +11,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flux_tui import config
+from flux_tui.core import config
+from flux_tui.core.engine_args import (
+    FILE_HELP,
+    ablation_args,
+    evaluate_args,
+    file_arg,
+    generate_args,
+    score_args,
+    to_flags,
+)  # fmt: skip
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_DEMO_DIR = "flux-tui-demo"
@@ -103,16 +112,7 @@ def run_engine(module: str, *args: str) -> int:
 # -- commands --------------------------------------------------------------------------------------
 
 
-FILE_HELP = f"the study file (default: {config.DEFAULT_FILE})"
-
-
-def _file_arg(p: argparse.ArgumentParser) -> None:
-    """The study file, as a positional or as -f/--file (every command takes -f)."""
-    p.add_argument("-f", "--file", dest="file", default=config.DEFAULT_FILE, metavar="FILE", help=FILE_HELP)
-    p.add_argument("file", nargs="?", default=argparse.SUPPRESS, metavar="FILE", help=FILE_HELP)
-
-
-@command("check", "Validate a study file and print its expanded experiment matrix.", _file_arg)
+@command("check", "Validate a study file and print its expanded experiment matrix.", file_arg)
 def cmd_check(args: argparse.Namespace) -> int:
     study = load_or_report(args.file)
     if study is None:
@@ -136,15 +136,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    _file_arg(p)
+    file_arg(p)
     p.add_argument("--format", choices=("csv", "json", "md"), default="csv", help="default: %(default)s")
     p.add_argument("-o", "--output", help="write to this file (default: standard output)")
 
 
 @command("export", "Every run with its hyperparameters, state, timings and scores (CSV, JSON or Markdown).", _export_args)
 def cmd_export(args: argparse.Namespace) -> int:
-    from flux_tui import export, results
-    from flux_tui.fsutil import atomic_write_text
+    from flux_tui.core import export, results
+    from flux_tui.core.fsutil import atomic_write_text
 
     study = load_or_report(args.file)
     if study is None:
@@ -165,7 +165,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 @command("report", "Write a Markdown report with PNG effect charts and prompt x run contact sheets.", _report_args)
 def cmd_report(args: argparse.Namespace) -> int:
-    from flux_tui import report, results
+    from flux_tui.core import report, results
 
     study = load_or_report(args.file)
     if study is None:
@@ -185,7 +185,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "Train (then evaluate) experiments one after another in the foreground; Ctrl-C checkpoints.", _run_args)
 def cmd_run(args: argparse.Namespace) -> int:
-    from flux_tui import foreground
+    from flux_tui.core import run_command as foreground
 
     if bool(args.names) == args.all:
         print("flux-tui run: give experiment NAMEs or --all (not both)", file=sys.stderr)
@@ -204,83 +204,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- evaluation: score, generate, evaluate, ablation (their engine modules parse these same arguments) ---
 
-DEFAULT_CLIP = config.Settings.model_fields["clip_model"].default
-DEFAULT_BATCH = 4
-
-
-def _flags(args: argparse.Namespace, *names: str) -> list[str]:
-    """Options of `args` back as command-line flags, to hand them to an engine module unchanged."""
-    out: list[str] = []
-    for name in names:
-        value, flag = getattr(args, name), "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            out.append(flag)
-        else:
-            for item in value if isinstance(value, list) else [value]:
-                out += [flag, str(item)]
-    return out
-
-
-def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per pipeline call (default: 4)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
-
-
-def score_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", help="a folder of images to score (png, jpg, webp)")
-    p.add_argument("--reference", required=True, metavar="REF_DIR", help="photos of the person (the training set)")
-    p.add_argument("--prompt", help="the prompt of every image (default: each PNG's own, from its metadata)")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="ID_OR_PATH", help="default: %(default)s")
-    p.add_argument("--face-weights", metavar="FILE",
-                   help="facenet's 20180402-114759-vggface2.pt (default: the torch hub cache, downloaded once)")  # fmt: skip
-    p.add_argument("--cache-dir", help="cache the reference embedding in this folder")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    p.add_argument("--out", help="also write the JSON to this file")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
-
 
 @command("score", "Score a folder of images: face distance, identity similarity, CLIP score, faceless count.", score_args)
 def cmd_score(args: argparse.Namespace) -> int:
-    opts = _flags(args, "reference", "prompt", "clip_model", "face_weights", "cache_dir", "json", "out", "device")
+    opts = to_flags(args, "reference", "prompt", "clip_model", "face_weights", "cache_dir", "json", "out", "device")
     return run_engine("score", args.images, *opts)
-
-
-def generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", help="a run folder: make its evaluation grid into samples/eval/")
-    p.add_argument("--lora", action="append", metavar="RUN_OR_FILE",
-                   help="a run folder, LoRA folder or .safetensors file (repeat to merge several)")  # fmt: skip
-    p.add_argument("--weights", help="one weight per --lora, comma-separated (default 1 each), e.g. 0.8,0.7")
-    p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the first run's eval prompts)")
-    p.add_argument("--fuse", action="store_true", help="fuse the weighted LoRAs into the model's weights")
-    p.add_argument("--images", type=int, default=1, help="images per prompt, seeds SEED, SEED+1, ... (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="default: 0")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: the run's first)")
-    p.add_argument("--steps", type=int, help="inference steps (default: the run's)")
-    p.add_argument("--resolution", type=int, help="pixels (default: the run's evaluation resolution)")
-    p.add_argument("--base-model", help="hub id or folder (default: the runs' base model)")
-    p.add_argument("--out", help="output folder (default: <workspace>/merges/<a>+<b>-w<weights>)")
-    p.add_argument("--score-against", action="append", metavar="RUN",
-                   help="score the images against this run's training photos (repeatable)")  # fmt: skip
-    p.add_argument("--clip-model", help="CLIP model for --score-against (default: the run's)")
-    p.add_argument("--face-weights", help="vggface2 weights file for --score-against (default: the run's)")
-    _device_args(p)
 
 
 @command("generate", "Generate with one or more runs' LoRAs merged by weight (--lora a --lora b --weights 0.8,0.7).",
          generate_args)  # fmt: skip
 def cmd_generate(args: argparse.Namespace) -> int:
-    opts = _flags(args, "lora", "weights", "prompt", "fuse", "images", "seed", "guidance", "steps", "resolution",
+    opts = to_flags(args, "lora", "weights", "prompt", "fuse", "images", "seed", "guidance", "steps", "resolution",
                   "base_model", "out", "score_against", "clip_model", "face_weights", "batch_size", "device")  # fmt: skip
     return run_engine("generate", *([args.run] if args.run else []), *opts)
-
-
-def evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="NAME_OR_DIR", help="experiment names (of --file) or run folders")
-    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help="the study file (default: %(default)s)")
-    p.add_argument("--score-only", action="store_true", help="score the existing images again, generate nothing")
-    _device_args(p)
 
 
 @command("evaluate", "Generate a run's evaluation images and score them again (or only score: --score-only).",
@@ -303,20 +239,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         folders.append(folder)
     code = EXIT_OK
     for folder in folders:
-        code = max(code, run_engine("evaluate", str(folder), *_flags(args, "score_only", "batch_size", "device")))
+        code = max(code, run_engine("evaluate", str(folder), *to_flags(args, "score_only", "batch_size", "device")))
     return code
-
-
-def ablation_args(p: argparse.ArgumentParser) -> None:
-    _file_arg(p)
-    p.add_argument("--experiments", help="comma-separated experiment names (default: every one with a LoRA)")
-    p.add_argument("--real-name", help="what replaces the trigger token (default: real_name in the file)")
-    p.add_argument("--force", action="store_true", help="redo pseudo-runs that already have scores")
-    _device_args(p)
 
 
 @command("ablation", "The study's ablation: base model without LoRA, and the real name instead of the trigger token.",
          ablation_args)  # fmt: skip
 def cmd_ablation(args: argparse.Namespace) -> int:
-    opts = _flags(args, "experiments", "real_name", "force", "batch_size", "device")
+    opts = to_flags(args, "experiments", "real_name", "force", "batch_size", "device")
     return run_engine("ablation", args.file, *opts)

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flux_tui import cli, config
+from flux_tui import cli
+from flux_tui.core import config
 
 
 def open_dashboard(file: str | Path) -> int:

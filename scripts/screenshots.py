@@ -37,9 +37,9 @@ async def shoot(ws: SceneWorkspace, out: Path) -> list[Path]:
 async def shoot_playground(tmp: Path, out: Path) -> Path:
     import subprocess
 
-    from flux_tui import config
+    from flux_tui.core import config
     from flux_tui.tui.app import FluxApp
-    from flux_tui.tui.images import ImageWidget
+    from flux_tui.tui.widgets.images import ImageWidget
 
     demo = tmp / "demo"
     subprocess.run([sys.executable, "-m", "flux_tui.engine.demo", str(demo)], check=True, capture_output=True)

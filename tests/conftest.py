@@ -30,8 +30,8 @@ def make_lora_workspace(demo: Path, dest: Path, runs: dict[str, int]) -> Path:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from flux_tui import config
-    from flux_tui.runs import run_dir
+    from flux_tui.core import config
+    from flux_tui.core.runs import run_dir
 
     dest.mkdir(parents=True, exist_ok=True)
     for item in demo.iterdir():

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from flux_tui.runs import CANCELLED, DONE, RunDir
+from flux_tui.core.runs import CANCELLED, DONE, RunDir
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tui_helpers import scored_sweep
 
-from flux_tui import analysis, config, export, report, results
+from flux_tui.core import analysis, config, export, report, results
 
 
 @pytest.fixture

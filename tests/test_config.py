@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flux_tui import config
-from flux_tui.config import ConfigError
+from flux_tui.core import config
+from flux_tui.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

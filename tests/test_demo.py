@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flux_tui import config
+from flux_tui.core import config
 from flux_tui.engine import demo
 
 PROMPTS = ["a photo of cr7man", "portrait of cr7man in studio lighting, Smiling! 😀 ÉTÉ #42"]

@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Static, TabbedContent
 from tui_helpers import ScreenHost
 
-from flux_tui import config, runs
+from flux_tui.core import config, runs
 from flux_tui.tui.screens.effects import EffectChart, EffectsScreen
 
 # name -> (overrides, (face_distance, clip_score, faceless)). Designed pairs:

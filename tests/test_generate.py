@@ -18,9 +18,9 @@ import pytest
 from conftest import make_lora_workspace
 from PIL import Image
 
-from flux_tui import config
+from flux_tui.core import config
+from flux_tui.core.runs import DONE, FAILED, RunDir, run_dir
 from flux_tui.engine import generate as gen
-from flux_tui.runs import DONE, FAILED, RunDir, run_dir
 
 
 def _env(tmp: Path) -> dict[str, str]:

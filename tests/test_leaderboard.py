@@ -11,10 +11,10 @@ from PIL import Image, PngImagePlugin
 from textual.widgets import DataTable, Static
 from tui_helpers import ScreenHost
 
-from flux_tui import config, runs
-from flux_tui.tui.images import Thumbnail
+from flux_tui.core import config, runs
 from flux_tui.tui.screens.compare import CompareScreen, build_grid
 from flux_tui.tui.screens.leaderboard import BEST, LeaderboardScreen
+from flux_tui.tui.widgets.images import Thumbnail
 
 PROMPTS = ["a photo of cr7man", "cr7man smiling"]
 # name -> (learning_rate, rank, face_distance, clip_score, faceless); None: done but not scored yet.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.widgets import DataTable
 
-from flux_tui import config
+from flux_tui.core import config
 from flux_tui.tui.app import FluxApp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flux_tui import config, runs
-from flux_tui import playground as pg
+from flux_tui.core import config, runs
+from flux_tui.core import playground_client as pg
+from flux_tui.core import playground_folder as pgf
 
 pytestmark = pytest.mark.slow
 STEPS = 3
@@ -88,7 +89,7 @@ def test_round_trip_prompt_in_image_and_scores_out(session) -> None:
 
     rid, out = _generate(client, "a photo of cr7man", seed=7, loras=[{"path": str(run.path), "weight": 0.8}])
     path = Path(out["path"])
-    assert path.parent == pg.playground_dir(workspace) and path.is_file()
+    assert path.parent == pgf.playground_dir(workspace) and path.is_file()
     with Image.open(path) as im:
         assert im.size == (64, 64)
         meta = json.loads(im.text["flux_tui"])
@@ -106,7 +107,7 @@ def test_round_trip_prompt_in_image_and_scores_out(session) -> None:
     assert out["counters"]["pipeline_loads"] == 1 and out["timings"]["load_s"] > 0
     assert out["timings"]["generate_s"] > 0
     # The index lists the image with its scores, for exports.
-    (entry,) = pg.read_index(workspace)
+    (entry,) = pgf.read_index(workspace)
     assert entry["path"] == str(path) and entry["clip_score"] == out["clip_score"]
 
 
@@ -126,7 +127,7 @@ def test_second_prompt_reuses_the_loaded_pipeline(session) -> None:
     assert other["counters"]["pipeline_loads"] == 1 and other["counters"]["lora_loads"] == before["lora_loads"] + 1
     with Image.open(out["path"]) as a, Image.open(other["path"]) as b:
         assert a.tobytes() != b.tobytes()
-    assert len(pg.read_index(workspace)) >= 3
+    assert len(pgf.read_index(workspace)) >= 3
 
 
 def test_bad_requests_are_answered_and_the_process_stays(session) -> None:
@@ -166,12 +167,12 @@ def test_a_killed_engine_fails_the_waiting_request_and_close_cleans_up(tmp_path:
 
 
 def test_image_paths_are_fresh_and_the_index_skips_a_torn_line(tmp_path: Path) -> None:
-    first = pg.new_image_path(tmp_path, 3)
+    first = pgf.new_image_path(tmp_path, 3)
     first.parent.mkdir(parents=True)
     first.touch()
-    second = pg.new_image_path(tmp_path, 3)
+    second = pgf.new_image_path(tmp_path, 3)
     assert second != first and second.name.endswith("-s3.png")
-    pg.append_index(tmp_path, {"path": str(first)})
-    with open(pg.playground_dir(tmp_path) / pg.INDEX, "a") as fh:
+    pgf.append_index(tmp_path, {"path": str(first)})
+    with open(pgf.playground_dir(tmp_path) / pgf.INDEX, "a") as fh:
         fh.write('{"path": "half')  # a writer cut off mid-line
-    assert pg.read_index(tmp_path) == [{"path": str(first)}]
+    assert pgf.read_index(tmp_path) == [{"path": str(first)}]

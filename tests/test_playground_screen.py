@@ -11,9 +11,9 @@ import pytest
 from textual.widgets import DataTable, Input, ProgressBar, SelectionList, Static
 from tui_helpers import ScreenHost, until
 
-from flux_tui import config
-from flux_tui.tui.images import ImageWidget
+from flux_tui.core import config
 from flux_tui.tui.screens.playground import PlaygroundScreen, parse_weights
+from flux_tui.tui.widgets.images import ImageWidget
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flux_tui import config, launch, procs, runs
-from flux_tui.fsutil import TailReader, atomic_write_json
+from flux_tui.core import config, launch, procs, runs
+from flux_tui.core.fsutil import TailReader, atomic_write_json
 
 STUDY_TOML = """
 [defaults]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from tui_helpers import make_study, write_run
 
-from flux_tui import launch
-from flux_tui.runs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunDir
-from flux_tui.scheduler import CPU, Scheduler, choose_device, device_env
-from flux_tui.telemetry import GiB, GpuStat
+from flux_tui.core import launch
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunDir
+from flux_tui.core.scheduler import CPU, Scheduler, choose_device, device_env
+from flux_tui.core.telemetry import GiB, GpuStat
 
 STANDIN = Path(__file__).with_name("standin_trainer.py").resolve()
 
@@ -241,8 +241,8 @@ def test_a_run_whose_process_vanished_is_failed_on_reconcile(tmp_path: Path) -> 
 TWO_DASHBOARDS = """
 import sys, time
 from pathlib import Path
-from flux_tui import config, launch
-from flux_tui.scheduler import Scheduler
+from flux_tui.core import config, launch
+from flux_tui.core.scheduler import Scheduler
 launch.engine_command = lambda run, *extra: [sys.executable, "-u", {standin!r}, str(run.path)]
 s = Scheduler(config.load(Path({file!r})))
 deadline = time.monotonic() + 12

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from flux_tui.telemetry import GpuStat, Sample, Telemetry, host_stat, process_tree
+from flux_tui.core.telemetry import GpuStat, Sample, Telemetry, host_stat, process_tree
 
 
 def test_without_nvidia_the_sample_has_host_figures_and_says_why_there_is_no_gpu() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from flux_tui import config, launch, runs
-from flux_tui.runs import CANCELLED, DONE, OOM, RunDir
+from flux_tui.core import config, launch, runs
+from flux_tui.core.runs import CANCELLED, DONE, OOM, RunDir
 
 pytestmark = pytest.mark.slow
 

@@ -71,7 +71,7 @@ def test_nf4_without_bitsandbytes_names_the_library(demo_workspace: Path) -> Non
 def test_int8_base_trains_a_full_precision_lora_on_the_cpu(demo_workspace: Path) -> None:
     import torch
 
-    from flux_tui.config import Settings
+    from flux_tui.core.config import Settings
     from flux_tui.engine.lora import add_lora
     from flux_tui.engine.models import load_transformer
 

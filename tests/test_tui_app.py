@@ -11,16 +11,16 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 from tui_helpers import FixedTelemetry, make_study, populated_study, sleeper, until, write_run
 
-from flux_tui.runs import CANCELLED, QUEUED, RunDir
+from flux_tui.core.runs import CANCELLED, QUEUED, RunDir
 from flux_tui.tui.app import FluxApp
-from flux_tui.tui.gauges import GaugesPanel
-from flux_tui.tui.images import ImageWidget, Thumbnail
-from flux_tui.tui.logpane import LogPane
-from flux_tui.tui.lossplot import LossPlot
-from flux_tui.tui.matrix import MatrixTable
 from flux_tui.tui.screens.detail import ImageScreen, RunDetailScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.screens.help import HelpScreen
+from flux_tui.tui.widgets.gauges import GaugesPanel
+from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
+from flux_tui.tui.widgets.logpane import LogPane
+from flux_tui.tui.widgets.lossplot import LossPlot
+from flux_tui.tui.widgets.matrix import MatrixTable
 
 SIZE = (160, 45)
 
@@ -295,7 +295,7 @@ def test_the_dashboard_process_never_imports_torch(tmp_path: Path) -> None:
     study = populated_study(tmp_path / "ws")
     code = f"""
 import asyncio, sys
-from flux_tui import config
+from flux_tui.core import config
 from flux_tui.tui.app import FluxApp
 
 async def main():

@@ -19,13 +19,13 @@ import pytest
 from textual.widgets import Static
 from tui_helpers import FixedTelemetry, until
 
-from flux_tui import config, procs
-from flux_tui.runs import CANCELLED, DONE, RUNNING, RunDir
+from flux_tui.core import config, procs
+from flux_tui.core.runs import CANCELLED, DONE, RUNNING, RunDir
 from flux_tui.tui.app import FluxApp
-from flux_tui.tui.images import ImageWidget, Thumbnail
-from flux_tui.tui.logpane import LogPane
-from flux_tui.tui.matrix import MatrixTable
 from flux_tui.tui.screens.detail import RunDetailScreen
+from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
+from flux_tui.tui.widgets.logpane import LogPane
+from flux_tui.tui.widgets.matrix import MatrixTable
 
 pytestmark = pytest.mark.slow
 SIZE = (160, 45)

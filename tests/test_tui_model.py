@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flux_tui.fsutil import atomic_write_json
-from flux_tui.runs import RunDir
-from flux_tui.tui.model import RunTracker, RunView, eval_images_on_disk, per_prompt, samples_on_disk
+from flux_tui.core.fsutil import atomic_write_json
+from flux_tui.core.runs import RunDir
+from flux_tui.tui.runview import RunTracker, RunView, eval_images_on_disk, per_prompt, samples_on_disk
 
 
 def test_tracker_reads_only_what_changed_and_follows_appends(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Static
 
-from flux_tui import config, runs
-from flux_tui.fsutil import atomic_write_json
-from flux_tui.runs import RunDir
-from flux_tui.telemetry import GiB, GpuStat, HostStat, Sample
+from flux_tui.core import config, runs
+from flux_tui.core.fsutil import atomic_write_json
+from flux_tui.core.runs import RunDir
+from flux_tui.core.telemetry import GiB, GpuStat, HostStat, Sample
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: fixed times make screenshots repeatable
 
@@ -179,7 +179,7 @@ def write_run(
 
 
 def _start_time(pid: int | None) -> float | None:
-    from flux_tui import procs
+    from flux_tui.core import procs
 
     return procs.start_time(pid) if pid else None
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from textual.pilot import Pilot
 from tui_helpers import FixedTelemetry, populated_study, scored_sweep, sleeper
 
-from flux_tui.telemetry import GiB
+from flux_tui.core.telemetry import GiB
 from flux_tui.tui.app import FluxApp
-from flux_tui.tui.gauges import RunGpu
-from flux_tui.tui.images import ImageWidget, Thumbnail
 from flux_tui.tui.messages import TelemetryRead
+from flux_tui.tui.runview import RunGpu
+from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
 
 SIZE = (160, 45)
 FAKE_PID = 48213  # what the gauges show for the running run, instead of the real (changing) pid

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flux_tui import config
-from flux_tui.cli import ablation_args
-from flux_tui.config import Experiment, Study
+from flux_tui.core import config
+from flux_tui.core.config import Experiment, Study
+from flux_tui.core.engine_args import ablation_args
+from flux_tui.core.runs import KIND_ABLATION, RunDir, run_dir
 from flux_tui.engine.evaluate import (
     EvaluateError,
     ModelCache,
@@ -34,7 +35,6 @@ from flux_tui.engine.evaluate import (
     logging_to,
     run_owned,
 )
-from flux_tui.runs import KIND_ABLATION, RunDir, run_dir
 
 GROUP = "Ablation"
 

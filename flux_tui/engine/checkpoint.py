@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from flux_tui.runs import RunDir
+from flux_tui.core.runs import RunDir
 
 
 @dataclass

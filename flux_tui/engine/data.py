@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flux_tui.fsutil import file_sha256
+from flux_tui.core.fsutil import file_sha256
 
 # Bump when the cropping changes, so cached crops (and the latents made from them) are not reused.
 CROP_VERSION = 1

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from flux_tui.core.launch import run_lock
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, KIND_EXPERIMENT, OOM, RUNNING, RunDir
 from flux_tui.engine import generate as gen_mod
 from flux_tui.engine import score as score_mod
-from flux_tui.launch import run_lock
-from flux_tui.runs import CANCELLED, DONE, FAILED, KIND_EXPERIMENT, OOM, RUNNING, RunDir
 
 
 class EvaluateError(Exception):

@@ -25,13 +25,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from flux_tui import __version__ as VERSION
-from flux_tui import cli
-from flux_tui.cli import generate_args
-from flux_tui.runs import RunDir
+from flux_tui.core import engine_args
+from flux_tui.core.engine_args import generate_args
+from flux_tui.core.runs import RunDir
 
 META_KEY = "flux_tui"  # the PNG text chunk holding every field as one JSON object
 LORA_FILE = "pytorch_lora_weights.safetensors"
-DEFAULT_BATCH = cli.DEFAULT_BATCH
+DEFAULT_BATCH = engine_args.DEFAULT_BATCH
 
 
 class GenerateError(Exception):

@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from flux_tui.config import Settings
+from flux_tui.core.config import Settings
 
 ADAPTER = "default"
 

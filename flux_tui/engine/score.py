@@ -28,8 +28,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from flux_tui.cli import score_args
-from flux_tui.fsutil import atomic_write_json, file_sha256, read_json
+from flux_tui.core.engine_args import score_args
+from flux_tui.core.fsutil import atomic_write_json, file_sha256, read_json
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"

@@ -30,8 +30,8 @@ import traceback
 from collections import deque
 from pathlib import Path
 
-from flux_tui.config import Settings, settings_from_dict
-from flux_tui.runs import CANCELLED, DONE, FAILED, OOM, RunDir
+from flux_tui.core.config import Settings, settings_from_dict
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, OOM, RunDir
 
 EXIT_DONE, EXIT_FAILED, EXIT_OOM = 0, 1, 3
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

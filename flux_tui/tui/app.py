@@ -21,16 +21,15 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
-from flux_tui.config import Study
-from flux_tui.runs import QUEUED, RUNNING, run_dir
-from flux_tui.scheduler import Outcome, Scheduler
-from flux_tui.telemetry import Sample, Telemetry
-from flux_tui.tui.gauges import RunGpu
-from flux_tui.tui.matrix import COLUMNS
+from flux_tui.core.config import Study
+from flux_tui.core.runs import QUEUED, RUNNING, run_dir
+from flux_tui.core.scheduler import Outcome, Scheduler
+from flux_tui.core.telemetry import Sample, Telemetry
 from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
-from flux_tui.tui.model import RunView
+from flux_tui.tui.runview import RunGpu, RunView
 from flux_tui.tui.screens import VIEWS
 from flux_tui.tui.watcher import Watcher
+from flux_tui.tui.widgets.matrix import COLUMNS
 
 
 class FluxApp(App[int]):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from flux_tui.telemetry import Sample
-from flux_tui.tui.gauges import RunGpu
-from flux_tui.tui.model import RunView
+from flux_tui.core.telemetry import Sample
+from flux_tui.tui.runview import RunGpu, RunView
 
 
 class RunsChanged(Message):

@@ -16,15 +16,13 @@ from collections.abc import Callable
 
 from textual.message import Message
 
-from flux_tui.config import Study
-from flux_tui.fsutil import TailReader
-from flux_tui.runs import RUNNING, run_dir
-from flux_tui.scheduler import Scheduler
-from flux_tui.telemetry import Telemetry, process_tree
-from flux_tui.tui.gauges import RunGpu
-from flux_tui.tui.logpane import MAX_LINES
+from flux_tui.core.config import Study
+from flux_tui.core.fsutil import TailReader
+from flux_tui.core.runs import RUNNING, run_dir
+from flux_tui.core.scheduler import Scheduler
+from flux_tui.core.telemetry import Telemetry, process_tree
 from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
-from flux_tui.tui.model import RunTracker
+from flux_tui.tui.runview import MAX_LOG_LINES, RunGpu, RunTracker
 
 LOG_INITIAL_BYTES = 512 * 1024  # of a long log, the first read shows only its end
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
@@ -122,14 +120,14 @@ class Watcher(threading.Thread):
         if changed:
             self._log = TailReader(run_dir(self.study, name).train_log, LOG_INITIAL_BYTES) if name else None
             lines = self._log.read_lines() if self._log else []
-            self.post(LogLines(name, [clean_line(x) for x in lines[-MAX_LINES:]], reset=True))
+            self.post(LogLines(name, [clean_line(x) for x in lines[-MAX_LOG_LINES:]], reset=True))
             return
         if self._log is None:
             return
         lines = self._log.read_lines()
         if lines:
             self.post(
-                LogLines(name, [clean_line(x) for x in lines[-MAX_LINES:]], reset=len(lines) > MAX_LINES)
+                LogLines(name, [clean_line(x) for x in lines[-MAX_LOG_LINES:]], reset=len(lines) > MAX_LOG_LINES)
             )
 
     def _read_runs(self, first: bool) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 from textual.screen import Screen
 
-from flux_tui.config import Study
-from flux_tui.tui.model import outcomes_changed
+from flux_tui.core.config import Study
+from flux_tui.tui.runview import outcomes_changed
 
 
 class StudyScreen(Screen):

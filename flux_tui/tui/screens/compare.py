@@ -15,12 +15,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
 from textual.widgets import Footer, Header, Label, Static
 
-from flux_tui.config import Study
-from flux_tui.runs import RunDir, run_dir
-from flux_tui.tui.images import Thumbnail, load_thumbnail, png_text
-from flux_tui.tui.model import image_name
-from flux_tui.tui.model import per_image as per_image_scores
+from flux_tui.core.config import Study
+from flux_tui.core.runs import RunDir, run_dir
+from flux_tui.tui.runview import image_name
+from flux_tui.tui.runview import per_image as per_image_scores
 from flux_tui.tui.screens.base import StudyScreen
+from flux_tui.tui.widgets.images import Thumbnail, load_thumbnail, png_text
 
 CELL_W = 26  # Thumbnail's width
 

@@ -15,15 +15,15 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from flux_tui.runs import QUEUED, RUNNING
-from flux_tui.tui.gauges import GaugesPanel
-from flux_tui.tui.logpane import LogPane
-from flux_tui.tui.lossplot import LossPlot
-from flux_tui.tui.matrix import COLUMNS, MatrixTable
+from flux_tui.core.runs import QUEUED, RUNNING
 from flux_tui.tui.messages import LogLines
-from flux_tui.tui.model import RunView
-from flux_tui.tui.sample import SampleView
+from flux_tui.tui.runview import RunView
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from flux_tui.tui.widgets.gauges import GaugesPanel
+from flux_tui.tui.widgets.logpane import LogPane
+from flux_tui.tui.widgets.lossplot import LossPlot
+from flux_tui.tui.widgets.matrix import COLUMNS, MatrixTable
+from flux_tui.tui.widgets.sample import SampleView
 
 if TYPE_CHECKING:
     from flux_tui.tui.app import FluxApp

@@ -17,12 +17,9 @@ from textual.containers import Container, Horizontal, HorizontalScroll, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static, TabbedContent, TabPane
 
-from flux_tui.runs import FINISHED, RunDir, elapsed, run_dir
+from flux_tui.core.runs import FINISHED, RunDir, elapsed, run_dir
 from flux_tui.tui.format import duration, gib
-from flux_tui.tui.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
-from flux_tui.tui.lossplot import LossPlot
-from flux_tui.tui.matrix import state_text
-from flux_tui.tui.model import (
+from flux_tui.tui.runview import (
     EvalImage,
     RunView,
     SampleSet,
@@ -32,6 +29,9 @@ from flux_tui.tui.model import (
     per_prompt,
     samples_on_disk,
 )
+from flux_tui.tui.widgets.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.widgets.lossplot import LossPlot
+from flux_tui.tui.widgets.matrix import state_text
 
 if TYPE_CHECKING:
     from flux_tui.tui.app import FluxApp

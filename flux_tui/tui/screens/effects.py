@@ -14,9 +14,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
-from flux_tui import analysis, results
-from flux_tui.analysis import Comparison, Effect
-from flux_tui.config import Study
+from flux_tui.core import analysis, results
+from flux_tui.core.analysis import Comparison, Effect
+from flux_tui.core.config import Study
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 

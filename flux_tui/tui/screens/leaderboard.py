@@ -12,10 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from flux_tui import analysis, results
-from flux_tui.config import Study
-from flux_tui.results import LOWER_IS_BETTER, RunRecord
-from flux_tui.runs import DONE
+from flux_tui.core import analysis, results
+from flux_tui.core.config import Study
+from flux_tui.core.results import LOWER_IS_BETTER, RunRecord
+from flux_tui.core.runs import DONE
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 

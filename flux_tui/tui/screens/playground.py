@@ -2,8 +2,8 @@
 type a prompt, set guidance, steps, seed and size, press ctrl+g; the image appears with its CLIP score,
 face distance and whether a face was found. Reference photos are added by path on the fly.
 
-Generation runs in `flux_tui.engine.playground`, a separate process that keeps the pipeline loaded between
-prompts (`flux_tui.playground.PlaygroundClient`). Its events arrive on the client's reader thread and are
+Generation runs in `flux_tui.engine.playground_server`, a separate process that keeps the pipeline loaded between
+prompts (`flux_tui.core.playground_client.PlaygroundClient`). Its events arrive on the client's reader thread and are
 posted to this screen as messages, so the dashboard never waits on it.
 """
 
@@ -21,12 +21,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, SelectionList, Static
 
-from flux_tui.config import Study
-from flux_tui.playground import PlaygroundClient, PlaygroundError
-from flux_tui.runs import RunDir
+from flux_tui.core.config import Study
+from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
+from flux_tui.core.runs import RunDir
 from flux_tui.tui.format import lr_text
-from flux_tui.tui.images import ImageWidget, load_thumbnail
 from flux_tui.tui.screens.base import StudyScreen
+from flux_tui.tui.widgets.images import ImageWidget, load_thumbnail
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
           "score": "scoring", "reference": "embedding reference photos"}  # fmt: skip

@@ -15,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
-from flux_tui import procs
-from flux_tui.fsutil import file_lock
-from flux_tui.runs import RUNNING, RunDir
+from flux_tui.core import procs
+from flux_tui.core.fsutil import file_lock
+from flux_tui.core.runs import RUNNING, RunDir
 
 
 class AlreadyRunning(Exception):

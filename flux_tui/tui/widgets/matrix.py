@@ -13,10 +13,10 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-from flux_tui.config import Experiment, Study
-from flux_tui.runs import RUNNING, Status
+from flux_tui.core.config import Experiment, Study
+from flux_tui.core.runs import RUNNING, Status
 from flux_tui.tui.format import duration
-from flux_tui.tui.model import RunView
+from flux_tui.tui.runview import RunView
 
 STATE_STYLE = {
     "new": "dim",

@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from flux_tui import launch, runs
-from flux_tui.config import Experiment, Study
-from flux_tui.fsutil import TailReader
-from flux_tui.runs import CANCELLED, DONE, RunDir
+from flux_tui.core import launch, runs
+from flux_tui.core.config import Experiment, Study
+from flux_tui.core.fsutil import TailReader
+from flux_tui.core.runs import CANCELLED, DONE, RunDir
 
 EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
 POLL_S = 0.5

@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from flux_tui.results import RunRecord
+from flux_tui.core.results import RunRecord
 
 FORMATS = ("csv", "json", "md")
 

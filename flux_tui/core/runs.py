@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from flux_tui import procs
-from flux_tui.config import EVAL_KEYS, Experiment, Study
-from flux_tui.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
+from flux_tui.core import procs
+from flux_tui.core.config import EVAL_KEYS, Experiment, Study
+from flux_tui.core.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
 
 # States a run can be in. `new` is a run with no folder (or no status yet).
 NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM = "new", "queued", "running", "done", "failed", "cancelled", "oom"

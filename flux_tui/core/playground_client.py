@@ -1,23 +1,10 @@
 """The playground (the study's demo): a client for the generation process, and its folder in the workspace.
 
-The dashboard never loads torch, so generation happens in `python -m flux_tui.engine.playground`, a child
+The dashboard never loads torch, so generation happens in `python -m flux_tui.engine.playground_server`, a child
 process in its own session that keeps the pipeline loaded between prompts. `PlaygroundClient` starts it,
 sends JSON-line requests, reads its events from a thread (handing each to `on_event`), and shuts it down.
 
-Ops (each request is `{"id": N, "op": OP, ...}`; the answer is a `result` or an `error` event with that id):
-    configure        workspace, base_model, revision, clip_model, face_weights, cache_dir, device (any subset)
-    load             load the base pipeline now (else the first generate does)
-    set_loras        loras: [{path: run folder | lora folder | .safetensors, weight}] (empty: the base model)
-    add_reference    paths: photo files or folders; the face distance is measured against their mean face
-    clear_reference  forget the reference photos
-    generate         prompt, guidance, steps, seed, width, height, max_sequence_length, and optionally
-                     base_model and loras (as configure and set_loras) -> path, clip_score, face,
-                     face_distance, identity_similarity, timings {load_s, lora_s, generate_s, score_s}, counters
-    stats            counters, what is loaded
-    shutdown         answer, then exit
-
-Every image is saved under `<workspace>/playground/` with its metadata in the PNG (prompt, seed, guidance,
-steps, size, base model, LoRAs and weights) and one line per image in `playground/index.jsonl` (with scores).
+The requests and the folder are described in `playground_folder`.
 """
 
 from __future__ import annotations
@@ -34,42 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from flux_tui.fsutil import append_jsonl, iter_jsonl
-
-OPS = ("configure", "load", "set_loras", "add_reference", "clear_reference", "generate", "stats", "shutdown")
-FOLDER = "playground"
-INDEX = "index.jsonl"
-LOG = "engine.log"
-
-
-# -- the workspace's playground folder ---------------------------------------------------------------
-
-
-def playground_dir(workspace: Path) -> Path:
-    return Path(workspace) / FOLDER
-
-
-def new_image_path(workspace: Path, seed: int) -> Path:
-    """A fresh file name, in time order: playground/20250101-120000-001-s42.png."""
-    folder = playground_dir(workspace)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in itertools.count(1):
-        path = folder / f"{stamp}-{n:03d}-s{seed}.png"
-        if not path.exists():
-            return path
-    raise AssertionError("unreachable")
-
-
-def append_index(workspace: Path, record: dict[str, Any]) -> None:
-    folder = playground_dir(workspace)
-    folder.mkdir(parents=True, exist_ok=True)
-    append_jsonl(folder / INDEX, record)
-
-
-def read_index(workspace: Path) -> list[dict[str, Any]]:
-    """Every image made in the playground, oldest first, with its settings and scores."""
-    return list(iter_jsonl(playground_dir(workspace) / INDEX))
-
+from flux_tui.core.playground_folder import LOG, OPS, playground_dir
 
 # -- the client ------------------------------------------------------------------------------------
 
@@ -128,7 +80,7 @@ class PlaygroundClient:
         # Its own session: a Ctrl-C in the terminal or a dying dashboard never leaves it half-killed, and
         # close() signals its whole group. stderr goes to a file, so an unread pipe can never block it.
         self.proc = subprocess.Popen(
-            [self.python, "-u", "-m", "flux_tui.engine.playground"],
+            [self.python, "-u", "-m", "flux_tui.engine.playground_server"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             cwd=self.workspace, env={**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"},
             text=True, encoding="utf-8", bufsize=1, start_new_session=True,

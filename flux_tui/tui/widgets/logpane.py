@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from textual.widgets import Log
 
-MAX_LINES = 5_000
+from flux_tui.tui.runview import MAX_LOG_LINES
 
 
 class LogPane(Log):
@@ -21,7 +21,7 @@ class LogPane(Log):
     """
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(max_lines=MAX_LINES, auto_scroll=True, highlight=False, **kwargs)
+        super().__init__(max_lines=MAX_LOG_LINES, auto_scroll=True, highlight=False, **kwargs)
         self.run_name: str | None = None
         self.border_title = "train.log"
         # Whether the pane follows new lines. Kept here rather than read from the scroll position when lines

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flux_tui import launch, procs, runs
-from flux_tui.config import Study
-from flux_tui.fsutil import file_lock
-from flux_tui.runs import CANCELLED, DONE, FAILED, NEW, OOM, QUEUED, RUNNING, RunDir, Status
-from flux_tui.telemetry import GpuStat
+from flux_tui.core import launch, procs, runs
+from flux_tui.core.config import Study
+from flux_tui.core.fsutil import file_lock
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, NEW, OOM, QUEUED, RUNNING, RunDir, Status
+from flux_tui.core.telemetry import GpuStat
 
 CPU = "cpu"
 # States from which a run may be (re)queued: a cancelled, failed or oom run resumes from its last checkpoint.

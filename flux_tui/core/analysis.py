@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from flux_tui.config import EVAL_KEYS
-from flux_tui.results import LOWER_IS_BETTER, SCORE_KEYS, RunRecord
+from flux_tui.core.config import EVAL_KEYS
+from flux_tui.core.results import LOWER_IS_BETTER, SCORE_KEYS, RunRecord
 
 EFFECT_KEYS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "guidance")
 LABELS = {

@@ -1,12 +1,12 @@
 """The playground's engine: a long-lived process that keeps the pipeline loaded between prompts.
 
-    python -m flux_tui.engine.playground
+    python -m flux_tui.engine.playground_server
 
 It reads one JSON request per line on stdin and answers on stdout with JSON lines (logs go to stderr;
 anything a library prints to stdout is sent there too, so the protocol stream stays clean). Every request
 carries an `id` and an `op`; the answer is `{"event": "result", "id", "op", ...}` or `{"event": "error",
 "id", "op", "message"}`, after any number of `{"event": "progress", "id", "phase", "step", "total"}`.
-On start it says `{"event": "ready", "pid"}`. `flux_tui.playground` (core) is the client and documents
+On start it says `{"event": "ready", "pid"}`. `flux_tui.core.playground_client` (core) is the client and documents
 each op.
 
 The base pipeline loads on the first `generate` (or an explicit `load`) and stays loaded until the base
@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from flux_tui import playground as protocol
+from flux_tui.core import playground_folder
 
 _out: IO[str] = sys.stdout  # the protocol stream; replaced in main() by a private copy of fd 1
 
@@ -189,7 +189,7 @@ class Playground:
             base_model=str(self.base_model), width=width, height=height, num_inference_steps=steps,
             revision=self.revision, loras=[dict(x) for x in self.loras],
         )  # fmt: skip
-        path = protocol.new_image_path(self.workspace, seed)
+        path = playground_folder.new_image_path(self.workspace, seed)
         meta = {**metadata_for(Job(path.name, prompt, guidance, seed), gen), "source": "playground"}
         save_png(image, path, meta)
         scores, score_note = self._score(path, prompt, rid)
@@ -210,7 +210,7 @@ class Playground:
                         "total_s": t4 - t0},  # fmt: skip
             "counters": dict(self.counters),
         }
-        protocol.append_index(self.workspace, {k: v for k, v in out.items() if k != "counters"} | {"t": time.time()})
+        playground_folder.append_index(self.workspace, {k: v for k, v in out.items() if k != "counters"} | {"t": time.time()})
         return out
 
     def op_stats(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
@@ -345,7 +345,7 @@ class Playground:
             return False
         fn = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
         if fn is None:
-            emit("error", id=rid, op=op, message=f"unknown op {op!r} (one of {', '.join(protocol.OPS)})")
+            emit("error", id=rid, op=op, message=f"unknown op {op!r} (one of {', '.join(playground_folder.OPS)})")
             return True
         try:
             emit("result", id=rid, op=op, **fn(req, rid))

@@ -13,12 +13,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flux_tui.config import Experiment
-from flux_tui.fsutil import TailReader
-from flux_tui.runs import RunDir, Status
+from flux_tui.core.config import Experiment
+from flux_tui.core.fsutil import TailReader
+from flux_tui.core.runs import RunDir, Status
 
 _UNSET = object()
+MAX_LOG_LINES = 5_000  # lines the log pane keeps (and the watcher sends on a reset)
 MAX_LOSS_POINTS = 20_000  # a 1500-step run is far below; bounds memory for very long runs
+
+
+@dataclass(frozen=True)
+class RunGpu:
+    """A running run as the gauges show it: its pid, its device and the GPU memory its processes hold."""
+
+    name: str
+    pid: int | None
+    device: str | None
+    gpu_mem: int = 0
 
 
 @dataclass(frozen=True)

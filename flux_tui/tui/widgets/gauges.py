@@ -3,25 +3,14 @@ host CPU and RAM (psutil). Without an NVIDIA GPU the panel says so; the rest of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.widgets import Static
 
-from flux_tui.telemetry import Sample
+from flux_tui.core.telemetry import Sample
 from flux_tui.tui.format import gib
+from flux_tui.tui.runview import RunGpu
 
 BAR = 12
-
-
-@dataclass(frozen=True)
-class RunGpu:
-    """A running run as the gauges show it: its pid, its device and the GPU memory its processes hold."""
-
-    name: str
-    pid: int | None
-    device: str | None
-    gpu_mem: int = 0
 
 
 def bar(fraction: float, width: int = BAR) -> Text:

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label
 
-from flux_tui.tui.images import ImageWidget, load_thumbnail
+from flux_tui.tui.widgets.images import ImageWidget, load_thumbnail
 
 
 class SampleView(Vertical):

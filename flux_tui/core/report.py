@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flux_tui import analysis
-from flux_tui.export import render
-from flux_tui.results import RunRecord
+from flux_tui.core import analysis
+from flux_tui.core.export import render
+from flux_tui.core.results import RunRecord
 
 THUMB = 160
 CHART_SCORES = ("face_distance", "clip_score")

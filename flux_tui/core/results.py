@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flux_tui.config import Study
-from flux_tui.runs import RunDir, Status, elapsed, run_dir
+from flux_tui.core.config import Study
+from flux_tui.core.runs import RunDir, Status, elapsed, run_dir
 
 HYPERPARAMETERS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "resolution")
 SCORE_KEYS = ("face_distance", "identity_similarity", "clip_score", "faceless")
