@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
-from flux_tui.core import procs
+from flux_tui.core import procs, runlock
 from flux_tui.core.fsutil import file_lock
 from flux_tui.core.runs import RUNNING, RunDir
 
@@ -52,20 +52,14 @@ def start(
         status = run.status()
         if status.state == RUNNING and run.is_process_alive(status):
             raise AlreadyRunning(f"run {run.name!r} is already running (pid {status.pid})")
-        child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        cmd = engine_command(run, *extra_args)
-        if detach:
-            with open(run.train_log, "ab") as log:
-                log.write(f"\n=== launched {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, env=child_env, cwd=run.path,
-                )  # fmt: skip
-        else:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=child_env, cwd=run.path,
-            )  # fmt: skip
+        try:
+            lock_fd = runlock.acquire(run.path)
+        except runlock.RunLocked as exc:
+            raise AlreadyRunning(str(exc)) from None
+        try:
+            proc = _spawn(run, env, extra_args, detach, lock_fd)
+        finally:
+            os.close(lock_fd)  # the child keeps its inherited copy for as long as it lives
         # Record the pid at once, so a dashboard that looks now already sees the run as its owner's.
         run.write_status(
             state=RUNNING,
@@ -81,3 +75,24 @@ def start(
             device=device,
         )
         return proc
+
+
+def _spawn(
+    run: RunDir, env: Mapping[str, str] | None, extra_args: tuple[str, ...], detach: bool, lock_fd: int
+) -> subprocess.Popen:
+    """The engine process, holding the run's lock (handed down as an inherited descriptor)."""
+    child_env = {**os.environ, **(env or {}), **runlock.child_env(lock_fd), "PYTHONUNBUFFERED": "1"}
+    cmd = engine_command(run, *extra_args)
+    if detach:
+        with open(run.train_log, "ab") as log:
+            log.write(f"\n=== launched {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=child_env, cwd=run.path, pass_fds=(lock_fd,),
+            )  # fmt: skip
+    else:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=child_env, cwd=run.path, pass_fds=(lock_fd,),
+        )  # fmt: skip
+    return proc
