@@ -25,28 +25,28 @@ def test_leaderboard_sorting_best_values_and_picks(study: config.Study) -> None:
     recs = results.collect(study)
     assert [r.name for r in recs] == study.names
     by_fd = sorted(recs, key=analysis.sort_key("face_distance"))
-    assert [r.name for r in by_fd[:3]] == ["exp06", "exp10", "exp11"]
+    assert [r.name for r in by_fd[:3]] == ["exp08", "exp10", "exp11"]
     by_clip = sorted(recs, key=analysis.sort_key("clip_score"))
-    assert by_clip[0].name == "exp07"
+    assert by_clip[0].name == "exp09"
     assert analysis.best_values(recs) == {"face_distance": 0.71, "clip_score": 0.305, "faceless": 0,
                                           "identity_similarity": pytest.approx(1 - 0.71 / 2)}  # fmt: skip
-    # Median faceless is 0: exp06 (1) and exp10 (3) are out, exp11 then exp03 lead.
-    assert [r.name for r in analysis.top_picks(recs)] == ["exp11", "exp03", "exp09"]
+    # Median faceless is 0: exp08 (1) and exp10 (3) are out, exp11 then exp03 lead.
+    assert [r.name for r in analysis.top_picks(recs)] == ["exp11", "exp03", "exp07"]
 
 
 def test_effects_find_the_runs_that_differ_in_one_hyperparameter(study: config.Study) -> None:
     recs = results.collect(study)
     lr = analysis.find_effects(recs, "learning_rate")
-    assert sorted(c.runs for c in lr.comparisons) == [["exp05", "exp06"], ["exp07", "exp04"]]
+    assert sorted(c.runs for c in lr.comparisons) == [["exp05", "exp08"], ["exp09", "exp04"]]
     rank = analysis.find_effects(recs, "lora_rank")
-    assert sorted(c.runs for c in rank.comparisons) == [["exp01", "exp10"], ["exp04", "exp06"], ["exp07", "exp05"]]
+    assert sorted(c.runs for c in rank.comparisons) == [["exp01", "exp10"], ["exp04", "exp08"], ["exp09", "exp05"]]
     steps = analysis.find_effects(recs, "max_train_steps")
     assert sorted(c.runs for c in steps.comparisons) == [
-        ["exp01", "exp04"], ["exp05", "exp02"], ["exp08", "exp03", "exp09"], ["exp10", "exp06"],
+        ["exp01", "exp04"], ["exp05", "exp02"], ["exp06", "exp03", "exp07"], ["exp10", "exp08"],
     ]  # fmt: skip
     sched = analysis.find_effects(recs, "lr_scheduler")
     assert [c.runs for c in sched.comparisons] == [["exp11", "exp03"]]  # constant < cosine alphabetically
-    # exp07 -> exp04: 0.90 -> 0.79 (lower); exp05 -> exp06: 0.85 -> 0.71 (lower).
+    # exp09 -> exp04: 0.90 -> 0.79 (lower); exp05 -> exp08: 0.85 -> 0.71 (lower).
     assert lr.reading("face_distance") == "higher learning rate lowered face distance in 2 of 2 comparisons"
     assert sched.reading("face_distance") == "constant scheduler gave the better face distance in 1 of 1 comparisons"
     assert analysis.find_effects(recs, "guidance").comparisons == []
