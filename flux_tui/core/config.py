@@ -349,136 +349,189 @@ def parse_text(text: str, file: Path) -> Study:
     """Parse and validate; raises ConfigError listing every problem. `file` locates relative paths."""
     file = Path(file)
     root = file.resolve().parent
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(
-            [Problem(file, int(m.group(1)) if m else None, None, f"TOML syntax error: {exc}")]
-        ) from None
+    data = _read_toml(text, file)
     col = _Collector(file, _Locator(text))
-
     for key in data:
         if key not in TOP_KEYS:
-            col.add("", 0, key, f"unknown table{_suggest(key, TOP_KEYS)}; expected one of {', '.join(TOP_KEYS)}")
-
-    ws_raw = data.get("workspace", {})
-    workspace = _parse_workspace(col, ws_raw, root)
-
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict):
-        col.add("", 0, "defaults", "expected a table [defaults]")
-        defaults = {}
-    for key in defaults:
-        if key not in SETTING_KEYS:
-            col.add("defaults", 0, key, f"unknown key{_suggest(key, SETTING_KEYS)}")
-    defaults = {k: v for k, v in defaults.items() if k in SETTING_KEYS}
-    before = len(col.problems)
-    base = _check_settings(col, "defaults", 0, _resolve_paths(defaults, root))
-    # Rows are still checked when [defaults] is wrong, against the defaults that are right, so that every
-    # problem of the file is listed at once (a wrong default is reported once, at its own line).
-    bad_defaults = {p.key.rsplit(".", 1)[-1] for p in col.problems[before:] if p.key}
-    defaults = {k: v for k, v in defaults.items() if k not in bad_defaults}
-
-    rows: list[tuple[str, int, dict[str, Any]]] = []
-    for kind in ("experiment", "sweep"):
-        items = data.get(kind, [])
-        if not isinstance(items, list):
-            col.add("", 0, kind, f"expected [[{kind}]] tables (an array of tables)")
-            continue
-        for i, row in enumerate(items):
-            rows.append((kind, i, row))
-
-    experiments: list[Experiment] = []
-    rows_by_origin = {(kind, i): row for kind, i, row in rows}
-    seen: dict[str, tuple[str, int]] = {}
-    numbers: dict[int, str] = {}
-    number = 0
-    for kind, i, row in rows:
-        for key in row:
-            if key not in SETTING_KEYS and key not in ROW_KEYS:
-                col.add(kind, i, key, f"unknown key{_suggest(key, SETTING_KEYS + ROW_KEYS)}")
-        overrides = {k: v for k, v in row.items() if k in SETTING_KEYS}
-        meta_ok = True
-        for key, typ, label in (("name", str, "a string"), ("group", str, "a string"),
-                                ("description", str, "a string"), ("number", int, "an integer >= 1")):  # fmt: skip
-            if key in row and (not isinstance(row[key], typ) or isinstance(row[key], bool)):
-                col.add(kind, i, key, f"expected {label}, got {_describe(row[key])}")
-                meta_ok = False
-        if "number" in row and meta_ok and row["number"] < 1:
-            col.add(kind, i, "number", f"expected an integer >= 1, got {row['number']}")
-        if not meta_ok:
-            continue
-        if kind == "experiment":
-            combos = [overrides]
-        else:
-            varied = {k: v for k, v in overrides.items() if isinstance(v, list) and k not in _LIST_KEYS}
-            varied.update(
-                {k: v for k, v in overrides.items() if k in _LIST_KEYS and v and isinstance(v[0], list)}
-            )
-            if not varied:
-                col.add(kind, i, None, "a sweep needs at least one key with a list of values to expand")
-                continue
-            if any(len(v) == 0 for v in varied.values()):
-                empty = next(k for k, v in varied.items() if len(v) == 0)
-                col.add(kind, i, empty, "expected a non-empty list of values to sweep")
-                continue
-            fixed = {k: v for k, v in overrides.items() if k not in varied}
-            combos = [
-                {**fixed, **dict(zip(varied, values, strict=True))}
-                for values in itertools.product(*varied.values())
-            ]
-        for combo in combos:
-            number = row.get("number", number + 1) if kind == "experiment" else number + 1
-            if kind == "experiment":
-                name = row.get("name", f"exp{number:02d}")
-            else:
-                name = _sweep_name(row.get("name", "sweep"), {k: combo[k] for k in varied})
-            if not NAME_RE.match(name) or ".." in name:
-                col.add(kind, i, "name", f"unsafe run name {name!r}: use letters, digits, '.', '_', '-', '+' "
-                        "(it names a folder under runs/; no path separators or '..')")  # fmt: skip
-                continue
-            if name in seen:
-                other = seen[name]
-                other_line = col.loc.line(other[0], other[1], "name") or col.loc.line(other[0], other[1])
-                col.add(kind, i, "name", f"duplicate run name {name!r} (also at line {other_line})")
-                continue
-            seen[name] = (kind, i)
-            if kind == "experiment" and "number" in row:
-                if number in numbers:
-                    col.add(kind, i, "number", f"duplicate experiment number {number} (also {numbers[number]!r})")
-                    continue
-                numbers[number] = name
-            values = _resolve_paths({**defaults, **combo}, root)
-            settings = _check_settings(col, kind, i, values)
-            if settings is None:
-                continue
-            experiments.append(
-                Experiment(
-                    name=name,
-                    number=number,
-                    group=row.get("group", "" if kind == "experiment" else f"sweep {row.get('name', '')}".strip()),
-                    settings=settings,
-                    description=row.get("description", ""),
-                    line=col.loc.line(kind, i),
-                )
-            )
-
+            expected = f"expected one of {', '.join(TOP_KEYS)}"
+            col.add("", 0, key, f"unknown table{_suggest(key, TOP_KEYS)}; {expected}")
+    workspace = _parse_workspace(col, data.get("workspace", {}), root)
+    defaults, base = _parse_defaults(col, data.get("defaults", {}), root)
+    rows = _rows(col, data)
+    names = _Names(col)
+    experiments = [e for kind, i, row in rows for e in _expand_row(col, names, kind, i, row, defaults, root)]
     if not rows and base is not None:
-        # A file with only defaults is one experiment, named after the file's folder.
+        # A file with only defaults is one experiment, named "default".
         experiments.append(Experiment(name="default", number=1, group="", settings=base))
-
-    for exp in experiments:
-        if not Path(exp.settings.data_dir).is_dir():
-            kind, i = seen.get(exp.name, ("defaults", 0))
-            kind_i = (kind, i) if "data_dir" in rows_by_origin.get((kind, i), {}) else ("defaults", 0)
-            col.add(*kind_i, "data_dir", f"folder {exp.settings.data_dir} does not exist "
-                    "(a warning now; launching a run will fail)", "warning")  # fmt: skip
+    _warn_missing_data(col, experiments, names, rows)
     _dedupe_warnings(col)
     if col.errors:
         raise ConfigError(col.problems)
     assert workspace is not None
     return Study(file=file, workspace=workspace, experiments=experiments, warnings=col.problems)
+
+
+def _read_toml(text: str, file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(
+            [Problem(file, int(m.group(1)) if m else None, None, f"TOML syntax error: {exc}")]
+        ) from None
+
+
+def _parse_defaults(col: _Collector, raw: Any, root: Path) -> tuple[dict[str, Any], Settings | None]:
+    """[defaults]: the values every row starts from (those that are valid), and the settings they make
+    alone (None when any is wrong)."""
+    if not isinstance(raw, dict):
+        col.add("", 0, "defaults", "expected a table [defaults]")
+        raw = {}
+    for key in raw:
+        if key not in SETTING_KEYS:
+            col.add("defaults", 0, key, f"unknown key{_suggest(key, SETTING_KEYS)}")
+    defaults = {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    before = len(col.problems)
+    base = _check_settings(col, "defaults", 0, _resolve_paths(defaults, root))
+    # Rows are still checked when [defaults] is wrong, against the defaults that are right, so that every
+    # problem of the file is listed at once (a wrong default is reported once, at its own line).
+    bad_defaults = {p.key.rsplit(".", 1)[-1] for p in col.problems[before:] if p.key}
+    return {k: v for k, v in defaults.items() if k not in bad_defaults}, base
+
+
+Row = tuple[str, int, dict[str, Any]]  # (kind: "experiment" or "sweep", index among its kind, table)
+
+
+def _rows(col: _Collector, data: dict[str, Any]) -> list[Row]:
+    """The [[experiment]] rows, then the [[sweep]] rows."""
+    rows: list[Row] = []
+    for kind in ("experiment", "sweep"):
+        items = data.get(kind, [])
+        if not isinstance(items, list):
+            col.add("", 0, kind, f"expected [[{kind}]] tables (an array of tables)")
+            continue
+        rows += [(kind, i, row) for i, row in enumerate(items)]
+    return rows
+
+
+def _check_row_keys(col: _Collector, kind: str, i: int, row: dict[str, Any]) -> bool:
+    """Report unknown keys and wrong name/group/description/number values; False when the row cannot be
+    named or numbered."""
+    for key in row:
+        if key not in SETTING_KEYS and key not in ROW_KEYS:
+            col.add(kind, i, key, f"unknown key{_suggest(key, SETTING_KEYS + ROW_KEYS)}")
+    meta_ok = True
+    for key, typ, label in (("name", str, "a string"), ("group", str, "a string"),
+                            ("description", str, "a string"), ("number", int, "an integer >= 1")):  # fmt: skip
+        if key in row and (not isinstance(row[key], typ) or isinstance(row[key], bool)):
+            col.add(kind, i, key, f"expected {label}, got {_describe(row[key])}")
+            meta_ok = False
+    if "number" in row and meta_ok and row["number"] < 1:
+        col.add(kind, i, "number", f"expected an integer >= 1, got {row['number']}")
+    return meta_ok
+
+
+Combos = list[dict[str, Any]]  # one row's settings per run it makes
+
+
+def _sweep(col: _Collector, i: int, overrides: dict[str, Any]) -> tuple[Combos, list[str]] | None:
+    """A sweep's combinations (the cartesian product of its list values) and the keys it varies."""
+    varied = {k: v for k, v in overrides.items() if isinstance(v, list) and k not in _LIST_KEYS}
+    varied.update({k: v for k, v in overrides.items() if k in _LIST_KEYS and v and isinstance(v[0], list)})
+    if not varied:
+        col.add("sweep", i, None, "a sweep needs at least one key with a list of values to expand")
+        return None
+    if any(len(v) == 0 for v in varied.values()):
+        empty = next(k for k, v in varied.items() if len(v) == 0)
+        col.add("sweep", i, empty, "expected a non-empty list of values to sweep")
+        return None
+    fixed = {k: v for k, v in overrides.items() if k not in varied}
+    combos = [
+        {**fixed, **dict(zip(varied, values, strict=True))} for values in itertools.product(*varied.values())
+    ]
+    return combos, list(varied)
+
+
+Named = tuple[str, int]  # a run's name and number
+
+
+class _Names:
+    """Names and numbers the runs in file order, refusing unsafe and duplicate ones."""
+
+    def __init__(self, col: _Collector):
+        self.col = col
+        self.origin: dict[str, tuple[str, int]] = {}  # run name -> the row that made it
+        self.numbers: dict[int, str] = {}
+        self.number = 0
+
+    def assign(self, kind: str, i: int, row: dict[str, Any], varied: dict[str, Any]) -> Named | None:
+        """The next run's (name, number), or None when it is refused (the problem is reported). `varied`: the
+        values a sweep's run varies, which name it."""
+        col = self.col
+        if kind == "experiment":
+            self.number = number = row.get("number", self.number + 1)
+            name = row.get("name", f"exp{number:02d}")
+        else:
+            self.number = number = self.number + 1
+            name = _sweep_name(row.get("name", "sweep"), varied)
+        if not NAME_RE.match(name) or ".." in name:
+            col.add(kind, i, "name", f"unsafe run name {name!r}: use letters, digits, '.', '_', '-', '+' "
+                    "(it names a folder under runs/; no path separators or '..')")  # fmt: skip
+            return None
+        if name in self.origin:
+            other = self.origin[name]
+            other_line = col.loc.line(other[0], other[1], "name") or col.loc.line(other[0], other[1])
+            col.add(kind, i, "name", f"duplicate run name {name!r} (also at line {other_line})")
+            return None
+        self.origin[name] = (kind, i)
+        if kind == "experiment" and "number" in row:
+            if number in self.numbers:
+                other = self.numbers[number]
+                col.add(kind, i, "number", f"duplicate experiment number {number} (also {other!r})")
+                return None
+            self.numbers[number] = name
+        return name, number
+
+
+def _expand_row(
+    col: _Collector, names: _Names, kind: str, i: int, row: dict[str, Any], defaults: dict[str, Any],
+    root: Path,
+) -> list[Experiment]:
+    """The experiments of one row: one for an [[experiment]], one per combination for a [[sweep]]."""
+    if not _check_row_keys(col, kind, i, row):
+        return []
+    overrides = {k: v for k, v in row.items() if k in SETTING_KEYS}
+    combos: Combos = [overrides]
+    varied: list[str] = []
+    if kind == "sweep":
+        swept = _sweep(col, i, overrides)
+        if swept is None:
+            return []
+        combos, varied = swept
+    group = row.get("group", "" if kind == "experiment" else f"sweep {row.get('name', '')}".strip())
+    out = []
+    for combo in combos:
+        named = names.assign(kind, i, row, {k: combo[k] for k in varied})
+        if named is None:
+            continue
+        settings = _check_settings(col, kind, i, _resolve_paths({**defaults, **combo}, root))
+        if settings is None:
+            continue
+        name, number = named
+        out.append(Experiment(name=name, number=number, group=group, settings=settings,
+                              description=row.get("description", ""), line=col.loc.line(kind, i)))
+    return out
+
+
+def _warn_missing_data(col: _Collector, exps: list[Experiment], names: _Names, rows: list[Row]) -> None:
+    """A photo folder that does not exist is a warning (at the row that sets it, else at [defaults])."""
+    rows_by_origin = {(kind, i): row for kind, i, row in rows}
+    for exp in exps:
+        if not Path(exp.settings.data_dir).is_dir():
+            kind, i = names.origin.get(exp.name, ("defaults", 0))
+            kind_i = (kind, i) if "data_dir" in rows_by_origin.get((kind, i), {}) else ("defaults", 0)
+            col.add(*kind_i, "data_dir", f"folder {exp.settings.data_dir} does not exist "
+                    "(a warning now; launching a run will fail)", "warning")  # fmt: skip
 
 
 # Keys whose value is itself a list: in a sweep they expand only when given a list of lists.
