@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tui_helpers import scored_sweep
 
-from flux_tui.core import analysis, config, export, report, results
+from flux_tui.core import analysis, config, export, metrics, report, results
 
 
 @pytest.fixture
@@ -100,3 +100,22 @@ def test_runs_without_faces_are_explained_not_called_unscored(study: config.Stud
     assert lr.reading("faceless") == "higher learning rate left faceless images unchanged in 2 of 2 comparisons"
     text = report.write_report(recs, tmp_path / "r").read_text()
     assert "No run has a face distance: no face was found" in text
+
+
+def test_a_run_s_figures_come_from_its_per_image_rows_as_the_study_defines_them() -> None:
+    rows = [
+        {"face": True, "face_distance": 0.6, "identity_similarity": 0.8, "clip_score": 0.30},
+        {"face": True, "face_distance": 0.8, "identity_similarity": 0.6, "clip_score": -0.10},
+        {"face": False, "face_distance": None, "identity_similarity": None, "clip_score": 0.20},
+    ]
+    # Face scores average the images with a face; CLIP every image; x100 clamps a negative cosine at 0.
+    assert metrics.summary(rows) == {
+        "face_distance": pytest.approx(0.7), "identity_similarity": pytest.approx(0.7),
+        "clip_score": pytest.approx(0.4 / 3), "clip_score_x100": pytest.approx(50 / 3),
+        "faceless": 1, "n_images": 3,
+    }  # fmt: skip
+    assert metrics.summary([])["face_distance"] is None
+    # One line of figures, as the leaderboard's picks and the report show them; a count read as a float.
+    values = {"face_distance": 0.75, "clip_score": 0.301, "faceless": 2.0}
+    assert metrics.figures(values.get) == "face 0.7500 · CLIP 0.3010 · faceless 2"
+    assert metrics.figures({}.get) == "face - · CLIP - · faceless -"

@@ -12,6 +12,8 @@ from textual.widgets import DataTable, Static
 from tui_helpers import ScreenHost
 
 from flux_tui.core import config, runs
+from flux_tui.tui.messages import RunsChanged
+from flux_tui.tui.runview import RunView
 from flux_tui.tui.screens.compare import CompareScreen, build_grid
 from flux_tui.tui.screens.leaderboard import BEST, LeaderboardScreen
 from flux_tui.tui.widgets.images import Thumbnail
@@ -148,6 +150,22 @@ async def test_select_runs_and_compare_them_as_a_prompt_by_run_grid(study: confi
         assert type(app.screen).__name__ == "ImageScreen"
         await pilot.press("escape", "escape")
         assert app.screen is board
+
+
+async def test_the_board_reads_again_when_its_feed_says_a_run_finished(study: config.Study) -> None:
+    app = ScreenHost(study, LeaderboardScreen)
+    async with app.run_test(size=(160, 40)) as pilot:
+        board = app.screen
+        assert isinstance(board, LeaderboardScreen)
+        await _until(pilot, lambda: board.loaded)
+        assert "queued" not in _names(board)
+        run = runs.run_dir(study, "queued")
+        write_scores(run, 0.65, 0.320, 0, tint=10)
+        run.write_status(state=runs.DONE)
+        # What the watcher would say: the run finished with scores. The board reads the folders again.
+        done = RunView("queued", run.status(), scores=run.scores())
+        app.feeds.runs.publish(RunsChanged({"queued": done}))
+        await _until(pilot, lambda: _names(board)[:1] == ["queued"])
 
 
 def test_grid_reads_prompts_from_png_metadata_when_scores_are_missing(study: config.Study) -> None:

@@ -21,6 +21,7 @@ from flux_tui.core import config, runs
 from flux_tui.core.fsutil import atomic_write_json
 from flux_tui.core.runs import RunDir
 from flux_tui.core.telemetry import GiB, GpuStat, HostStat, Sample
+from flux_tui.tui.feeds import LiveFeeds
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: fixed times make screenshots repeatable
 
@@ -319,11 +320,13 @@ async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0,
 
 
 class ScreenHost(App[None]):
-    """A bare app holding one screen over `study`, as the dashboard would."""
+    """A bare app holding one screen over `study`, as the dashboard would, with the dashboard's live feeds
+    (a test publishes on them what the watcher would)."""
 
     def __init__(self, study: config.Study, screen_factory: Callable[[], Screen]) -> None:
         super().__init__()
         self.study = study
+        self.feeds = LiveFeeds(self)
         self._factory = screen_factory
 
     def compose(self) -> ComposeResult:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux_tui.core.config import EVAL_KEYS
-from flux_tui.core.results import LOWER_IS_BETTER, SCORE_KEYS, RunRecord
+from flux_tui.core.metrics import BY_KEY, CLIP_SCORE, FACE_DISTANCE, FACELESS, SCORE_KEYS, SCORES, metric
+from flux_tui.core.results import RunRecord
 
 EFFECT_KEYS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "guidance")
+# How hyperparameters and scores are named in sentences and on axes.
 LABELS = {
     "learning_rate": "learning rate",
     "lora_rank": "LoRA rank",
@@ -22,39 +24,38 @@ LABELS = {
     "max_train_steps": "steps",
     "lr_scheduler": "scheduler",
     "guidance": "guidance scale",
-    "face_distance": "face distance",
-    "identity_similarity": "identity similarity",
-    "clip_score": "CLIP score",
-    "faceless": "faceless images",
+    **{m.key: m.label for m in SCORES},
 }
 PICK_RULE = (
-    "lowest face distance among scored runs with no more faceless images than the median, "
-    "ties broken by the higher CLIP score"
+    f"lowest {metric(FACE_DISTANCE).label} among scored runs with no more {metric(FACELESS).label} than the "
+    f"median, ties broken by the higher {metric(CLIP_SCORE).label}"
 )
 
 
 def scored(records: list[RunRecord]) -> list[RunRecord]:
-    return [r for r in records if r.scores and r.score("clip_score") is not None]
+    """The runs with scores (a scored set of images always has a CLIP score; faces may be missing)."""
+    return [r for r in records if r.scores and r.score(CLIP_SCORE) is not None]
 
 
 def best_values(records: list[RunRecord]) -> dict[str, float]:
     """The best value of each score column over the scored runs (to mark it in a table)."""
     best: dict[str, float] = {}
-    for key in SCORE_KEYS:
-        values = [v for r in records if (v := r.score(key)) is not None]
+    for m in SCORES:
+        values = [v for r in records if (v := r.score(m.key)) is not None]
         if values:
-            best[key] = min(values) if LOWER_IS_BETTER[key] else max(values)
+            best[m.key] = min(values) if m.lower_is_better else max(values)
     return best
 
 
 def sort_key(key: str):
     """Sort scored runs best first by `key`; runs without the score go last."""
+    lower = BY_KEY[key].lower_is_better if key in BY_KEY else False
 
     def k(r: RunRecord) -> tuple[int, float]:
         v = r.score(key)
         if v is None:
             return (1, 0.0)
-        return (0, v if LOWER_IS_BETTER.get(key, False) else -v)
+        return (0, v if lower else -v)
 
     return k
 
@@ -76,12 +77,12 @@ def picks_note(records: list[RunRecord]) -> str | None:
 
 def top_picks(records: list[RunRecord], n: int = 3) -> list[RunRecord]:
     """The study's way of choosing: see PICK_RULE."""
-    runs = [r for r in scored(records) if r.score("face_distance") is not None]
+    runs = [r for r in scored(records) if r.score(FACE_DISTANCE) is not None]
     if not runs:
         return []
-    median = statistics.median(r.score("faceless") or 0.0 for r in runs)
-    eligible = [r for r in runs if (r.score("faceless") or 0.0) <= median]
-    return sorted(eligible, key=lambda r: (r.score("face_distance"), -(r.score("clip_score") or 0.0)))[:n]
+    median = statistics.median(r.score(FACELESS) or 0.0 for r in runs)
+    eligible = [r for r in runs if (r.score(FACELESS) or 0.0) <= median]
+    return sorted(eligible, key=lambda r: (r.score(FACE_DISTANCE), -(r.score(CLIP_SCORE) or 0.0)))[:n]
 
 
 # -- effects ---------------------------------------------------------------------------------------
@@ -115,13 +116,13 @@ class Effect:
         if not pairs:
             if not self.comparisons:
                 return f"{label}: no scored runs differ only in it"
-            if score in ("face_distance", "identity_similarity"):
+            if metric(score).needs_face:
                 return f"{label}: the runs that differ only in it have no {what} (no face found in their images)"
             return f"{label}: the runs that differ only in it are not scored yet"
         if self.key == "lr_scheduler":
             wins: dict[str, int] = defaultdict(int)
             for a, b, sa, sb in pairs:
-                better_b = (sb < sa) if LOWER_IS_BETTER[score] else (sb > sa)
+                better_b = (sb < sa) if metric(score).lower_is_better else (sb > sa)
                 wins[b if better_b else a] += 1
             leader = max(wins, key=lambda k: wins[k])
             return f"{leader} scheduler gave the better {what} in {wins[leader]} of {len(pairs)} comparisons"

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from flux_tui.core import analysis
 from flux_tui.core.export import render
+from flux_tui.core.metrics import HEADLINE, figures
 from flux_tui.core.results import RunRecord
 
 THUMB = 160
-CHART_SCORES = ("face_distance", "clip_score")
+LINE_H = 14  # pixels per line of text in the contact sheet's head
 
 
 def eval_images(rec: RunRecord) -> dict[str, list[Path]]:
@@ -44,17 +45,16 @@ def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) ->
     prompts = prompts[:max_prompts]
     if not prompts:
         return None
-    label_w, head_h, pad = 260, 48, 4
+    label_w, head_h, pad = 260, LINE_H * (len(HEADLINE) + 1) + 6, 4
     width = label_w + len(records) * (THUMB + pad)
     height = head_h + len(prompts) * (THUMB + pad)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     for j, rec in enumerate(records):
         x = label_w + j * (THUMB + pad)
-        fd, clip = rec.score("face_distance"), rec.score("clip_score")
         draw.text((x + 2, 4), rec.name[:24], fill="black")
-        draw.text((x + 2, 18), f"CLIP {clip:.4f}" if clip is not None else "CLIP -", fill="black")
-        draw.text((x + 2, 32), f"FD {fd:.4f}" if fd is not None else "FD -", fill="black")
+        for i, m in enumerate(HEADLINE, start=1):
+            draw.text((x + 2, 4 + LINE_H * i), figures(rec.score, (m,)), fill="black")
     for i, prompt in enumerate(prompts):
         y = head_h + i * (THUMB + pad)
         words, line, lines = prompt.split(), "", []
@@ -75,7 +75,7 @@ def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) ->
 
 
 def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
-    """One panel per score: the score against the hyperparameter, one line per comparison group."""
+    """One panel per headline score: the score against the hyperparameter, one line per comparison group."""
     if not effect.comparisons:
         return None
     import matplotlib
@@ -83,9 +83,9 @@ def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CHART_SCORES), figsize=(5 * len(CHART_SCORES), 3.6))
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(5 * len(HEADLINE), 3.6))
     categorical = any(not isinstance(v, int | float) for c in effect.comparisons for v in c.values)
-    for ax, score in zip(axes, CHART_SCORES, strict=True):
+    for ax, score in zip(axes, (m.key for m in HEADLINE), strict=True):
         for comp in effect.comparisons:
             xs = [str(v) for v in comp.values] if categorical else comp.values
             label = ", ".join(f"{analysis.LABELS.get(k, k)} {v}" for k, v in comp.fixed.items())
@@ -112,8 +112,7 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str = "flux-tui
     lines += ["## Top picks", "", f"Rule: {analysis.PICK_RULE}.", ""]
     if picks:
         lines += [
-            f"{i}. **{r.name}** ({r.group}): face distance {r.score('face_distance'):.4f}, "
-            f"CLIP {r.score('clip_score'):.4f}, faceless {r.score('faceless'):.0f}"
+            f"{i}. **{r.name}** ({r.group}): {figures(r.score, sep=', ', labels=True)}"
             for i, r in enumerate(picks, start=1)
         ]
     else:
@@ -124,8 +123,7 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str = "flux-tui
         chart = effect_chart(effect, out_dir / f"effect_{effect.key}.png")
         lines.append(f"### {analysis.LABELS[effect.key]}")
         lines.append("")
-        for score in ("face_distance", "clip_score", "faceless"):
-            lines.append(f"- {effect.reading(score)}")
+        lines += [f"- {effect.reading(m.key)}" for m in HEADLINE]
         if chart:
             lines += ["", f"![{effect.key}]({chart.name})"]
         lines.append("")

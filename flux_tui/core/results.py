@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flux_tui.core.config import Study
+from flux_tui.core.metrics import EXPORT_KEYS
 from flux_tui.core.runs import RunDir, Status, elapsed, run_dir
 
 HYPERPARAMETERS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "resolution")
-SCORE_KEYS = ("face_distance", "identity_similarity", "clip_score", "faceless")
-# Which way is better for each score.
-LOWER_IS_BETTER = {"face_distance": True, "identity_similarity": False, "clip_score": False, "faceless": True}
 
 
 @dataclass
@@ -55,7 +53,7 @@ class RunRecord:
         for key in ("started_at", "finished_at"):  # readable in a table, still parseable
             if isinstance(row.get(key), int | float):
                 row[key] = datetime.fromtimestamp(row[key], tz=UTC).isoformat(timespec="seconds")
-        for key in (*SCORE_KEYS, "clip_score_x100", "n_images"):
+        for key in EXPORT_KEYS:
             row[key] = self.scores.get(key) if self.scores else None
         return row
 

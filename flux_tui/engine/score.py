@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from flux_tui.core import metrics
 from flux_tui.core.engine_args import score_args
 from flux_tui.core.fsutil import atomic_write_json, file_sha256, read_json
 
@@ -275,22 +276,8 @@ def reference_embedding(photos_dir: Path, face: FaceEmbedder, cache_dir: Path | 
 # -- scoring ----------------------------------------------------------------------------------------
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    dists = [r["face_distance"] for r in rows if r["face_distance"] is not None]
-    sims = [r["identity_similarity"] for r in rows if r["identity_similarity"] is not None]
-    clips = [r["clip_score"] for r in rows if r["clip_score"] is not None]
-    return {
-        "face_distance": _mean(dists),
-        "identity_similarity": _mean(sims),
-        "clip_score": _mean(clips),
-        "clip_score_x100": _mean([100 * max(c, 0.0) for c in clips]),
-        "faceless": sum(not r["face"] for r in rows),
-        "n_images": len(rows),
-    }
+    return metrics.summary(rows)  # every metric of the table, from the per-image rows
 
 
 def score_images(
@@ -331,8 +318,8 @@ def score_images(
     for prompt in dict.fromkeys(r["prompt"] for r in rows):
         group = [r for r in rows if r["prompt"] == prompt]
         s = _summary(group)
-        per_prompt.append({"prompt": prompt, **{k: s[k] for k in ("clip_score", "face_distance",
-                           "identity_similarity", "faceless", "n_images")}, "images": [r["image"] for r in group]})  # fmt: skip
+        per_prompt.append({"prompt": prompt, **{k: s[k] for k in metrics.PER_PROMPT_KEYS},
+                           "images": [r["image"] for r in group]})  # fmt: skip
     result = {
         **summary,
         "faceless_images": [r["image"] for r in rows if not r["face"]],

@@ -1,13 +1,13 @@
 """The dashboard application: screens, keys, and the bridge between the watcher thread and the screens.
 
 The app holds no truth of its own: the watcher reads the run folders and the machine, the scheduler (core)
-starts and stops processes, and the app only forwards what they report to whatever screens are open.
+starts and stops processes, and the app only publishes what they report on its feeds (`feeds.py`), which the
+open screens subscribe to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -18,13 +18,13 @@ import textual_image.renderable  # noqa: F401
 import textual_image.widget  # noqa: F401
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from flux_tui.core.config import Study
 from flux_tui.core.runs import QUEUED, RUNNING, run_dir
 from flux_tui.core.scheduler import Outcome, Scheduler
 from flux_tui.core.telemetry import Sample, Telemetry
+from flux_tui.tui.feeds import LiveFeeds
 from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
 from flux_tui.tui.runview import RunGpu, RunView
 from flux_tui.tui.screens import VIEWS
@@ -61,6 +61,7 @@ class FluxApp(App[int]):
         self.sub_title = study.file.name
         self.telemetry = Telemetry() if telemetry == "auto" else telemetry
         self.scheduler = scheduler or Scheduler(study, gpus=self._gpus)
+        self.feeds = LiveFeeds(self)
         self.views: dict[str, RunView] = {}
         self.sample: Sample | None = None
         self.run_gpus: list[RunGpu] = []
@@ -94,38 +95,22 @@ class FluxApp(App[int]):
             self.watcher.stop()
             self.watcher.join(timeout=2)
 
-    # -- forwarding what the watcher reads
-    def _screens(self) -> Iterable[Screen]:
-        seen = set()
-        for stack in self._screen_stacks.values():
-            for screen in stack:
-                if id(screen) not in seen:
-                    seen.add(id(screen))
-                    yield screen
-
-    def _tell(self, method: str, *args: Any) -> None:
-        for screen in self._screens():
-            fn: Callable | None = getattr(screen, method, None)
-            if fn is not None and screen.is_mounted:
-                # A screen still composing or being torn down has no widgets yet: it reads the state on mount.
-                with contextlib.suppress(NoMatches):
-                    fn(*args)
-
+    # -- publishing what the watcher reads; a screen reads the latest state on mount, then subscribes
     def on_runs_changed(self, message: RunsChanged) -> None:
         self.views.update(message.views)
         for name, view in message.views.items():
             if view.state != RUNNING:
                 self.term_sent.pop(name, None)
-        self._tell("runs_changed", message.views)
+        self.feeds.runs.publish(message)
         if message.first:
             self.ready.set()
 
     def on_log_lines(self, message: LogLines) -> None:
-        self._tell("log_lines", message)
+        self.feeds.log.publish(message)
 
     def on_telemetry_read(self, message: TelemetryRead) -> None:
         self.sample, self.run_gpus = message.sample, message.runs
-        self._tell("telemetry_read")
+        self.feeds.telemetry.publish(message)
 
     def on_runs_started(self, message: RunsStarted) -> None:
         self.notify("started " + ", ".join(message.names), title="queue")
@@ -196,7 +181,7 @@ class FluxApp(App[int]):
             seen.add(b.action)
             yield SystemCommand(b.description, f"key: {b.key_display or b.key}",
                                 partial(self.run_action, b.action, active.node))  # fmt: skip
-        dashboard = self._dashboard()
+        dashboard = self._dashboard()  # the matrix, when in the current mode's stack (under a detail, say)
         if dashboard is not None:
             for col in COLUMNS:
                 yield SystemCommand(f"Sort by {col.label}", f"sort the matrix by its {col.key} column",
@@ -209,7 +194,7 @@ class FluxApp(App[int]):
     def _dashboard(self) -> Any:
         from flux_tui.tui.screens.dashboard import DashboardScreen
 
-        return next((s for s in self._screens() if isinstance(s, DashboardScreen)), None)
+        return next((s for s in self.screen_stack if isinstance(s, DashboardScreen)), None)
 
     def farewell(self) -> str:
         """What the terminal says after the dashboard closes: the runs keep going."""

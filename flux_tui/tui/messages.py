@@ -1,6 +1,9 @@
-"""Messages the watcher thread posts to the app (Textual's post_message is thread-safe)."""
+"""What the watcher thread reports to the app (Textual's post_message is thread-safe), and what the app
+passes on to the screens through its feeds (`tui/feeds.py`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from textual.message import Message
 
@@ -8,41 +11,41 @@ from flux_tui.core.telemetry import Sample
 from flux_tui.tui.runview import RunGpu, RunView
 
 
+@dataclass
 class RunsChanged(Message):
     """New views of the runs that changed since the last message."""
 
-    def __init__(self, views: dict[str, RunView], first: bool = False) -> None:
-        super().__init__()
-        self.views = views
-        self.first = first  # the first full scan after start
+    views: dict[str, RunView]
+    first: bool = False  # the first full scan after start: every run
 
 
+@dataclass
 class LogLines(Message):
     """Lines appended to the followed run's train.log; `reset`: the pane starts over with these."""
 
-    def __init__(self, name: str | None, lines: list[str], reset: bool = False) -> None:
-        super().__init__()
-        self.name = name
-        self.lines = lines
-        self.reset = reset
+    name: str | None
+    lines: list[str]
+    reset: bool = False
 
 
+@dataclass
 class TelemetryRead(Message):
-    def __init__(self, sample: Sample, runs: list[RunGpu]) -> None:
-        super().__init__()
-        self.sample = sample
-        self.runs = runs
+    """A reading of the machine and of each running run's GPU memory."""
+
+    sample: Sample
+    runs: list[RunGpu]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TelemetryRead)  # a newer reading makes a waiting one stale
 
 
+@dataclass
 class RunsStarted(Message):
     """The scheduler started queued runs."""
 
-    def __init__(self, names: list[str]) -> None:
-        super().__init__()
-        self.names = names
+    names: list[str]
 
 
+@dataclass
 class WatcherFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
+    error: str

@@ -15,6 +15,7 @@ from typing import Any
 
 from flux_tui.core.config import Experiment
 from flux_tui.core.fsutil import TailReader
+from flux_tui.core.metrics import BY_KEY, FACELESS
 from flux_tui.core.runs import RunDir, Status
 
 _UNSET = object()
@@ -89,14 +90,14 @@ class RunView:
 
     def score(self, key: str) -> float | None:
         value = (self.scores or {}).get(key)
+        if isinstance(value, list) and key in BY_KEY and BY_KEY[key].is_count:
+            return len(value)  # tolerate a count given as the list of what it counts
         return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     @property
     def faceless(self) -> int | None:
-        value = (self.scores or {}).get("faceless")
-        if isinstance(value, list):  # tolerate a list of names
-            return len(value)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        value = self.score(FACELESS)
+        return int(value) if value is not None else None
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

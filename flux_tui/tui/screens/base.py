@@ -1,43 +1,63 @@
-"""What the views over the study's run folders share."""
+"""What the views over the study's run folders share: the study, and the app's live feeds."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from textual.screen import Screen
 
 from flux_tui.core.config import Study
+from flux_tui.tui.feeds import LiveFeeds
+from flux_tui.tui.messages import RunsChanged
 from flux_tui.tui.runview import outcomes_changed
 
 
+class StudyHost(Protocol):
+    """What a study screen needs of its app (FluxApp, or a test's bare host)."""
+
+    study: Study
+    feeds: LiveFeeds
+
+
 class StudyScreen(Screen):
-    """A screen over the study's run folders: `study` is the one given (tests), else the app's."""
+    """A screen over the study's run folders: `study` is the one given (tests), else the app's. A screen that
+    follows live data subscribes to `self.feeds` in its `on_mount`."""
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._study = study
 
     @property
+    def host(self) -> StudyHost:
+        return self.app  # type: ignore[return-value]
+
+    @property
     def study(self) -> Study:
-        return self._study or self.app.study  # type: ignore[attr-defined]
+        return self._study or self.host.study
+
+    @property
+    def feeds(self) -> LiveFeeds:
+        return self.host.feeds
 
 
 class OutcomeScreen(StudyScreen):
-    """A view of finished runs: it re-reads (`reload`) when shown, and when a run finishes or gets scores,
-    not on every training step."""
+    """A view of finished runs: it re-reads (`action_reload`, key `r`) when shown, and when a run finishes or
+    gets scores, not on every training step."""
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(study, **kwargs)
         self.loaded = False
         self._outcomes: dict[str, tuple[str, bool]] = {}
 
-    def reload(self) -> None:
+    def action_reload(self) -> None:
         raise NotImplementedError
 
-    def runs_changed(self, views: dict[str, Any]) -> None:
-        """The dashboard's watcher saw runs change."""
-        if outcomes_changed(self._outcomes, views) and self.loaded and self.is_current:
-            self.reload()
+    def on_mount(self) -> None:
+        self.feeds.runs.subscribe(self, self._runs_changed)
+
+    def _runs_changed(self, message: RunsChanged) -> None:
+        if outcomes_changed(self._outcomes, message.views) and self.loaded and self.is_current:
+            self.action_reload()
 
     def on_screen_resume(self) -> None:
-        self.reload()  # on first show too: runs may have finished since
+        self.action_reload()  # on first show too: runs may have finished since

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, ScrollableContainer
 from textual.widgets import Footer, Header, Label, Static
 
 from flux_tui.core.config import Study
+from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, FACELESS, N_IMAGES, NO_FACE, metric
 from flux_tui.core.runs import RunDir, run_dir
 from flux_tui.tui.runview import image_name
 from flux_tui.tui.runview import per_image as per_image_scores
@@ -23,6 +24,7 @@ from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import Thumbnail, load_thumbnail, png_text
 
 CELL_W = 26  # Thumbnail's width
+CLIP, FACE = metric(CLIP_SCORE), metric(FACE_DISTANCE)
 
 
 @dataclass
@@ -36,12 +38,9 @@ class Cell:
 
     @property
     def caption(self) -> str:
-        if self.face is False:
-            face = "no face"
-        else:
-            face = f"face {self.face_distance:.3f}" if self.face_distance is not None else "face -"
-        clip = f"CLIP {self.clip_score:.3f}" if self.clip_score is not None else "CLIP -"
-        return f"{clip} · {face}"
+        """`CLIP 0.296 · face 0.720`: three decimals, to fit under a thumbnail."""
+        face = NO_FACE if self.face is False else f"{FACE.tag} {FACE.format(self.face_distance, spec='.3f')}"
+        return f"{CLIP.tag} {CLIP.format(self.clip_score, spec='.3f')} · {face}"
 
 
 @dataclass
@@ -54,13 +53,8 @@ class Column:
         s = self.scores or {}
         if not s:
             return Text("not scored", style="dim")
-
-        def f(key: str, spec: str) -> str:
-            v = s.get(key)
-            return f"{v:{spec}}" if isinstance(v, int | float) else "-"
-
-        return Text(f"CLIP {f('clip_score', '.4f')}\nface {f('face_distance', '.4f')}\n"
-                    f"faceless {f('faceless', '.0f')} of {s.get('n_images', '-')}")  # fmt: skip
+        lines = [f"{m.tag} {m.format(s.get(m.key))}" for m in (CLIP, FACE, metric(FACELESS))]
+        return Text("\n".join(lines) + f" of {metric(N_IMAGES).format(s.get(N_IMAGES))}")
 
 
 def _number(v: Any) -> float | None:
@@ -86,7 +80,7 @@ def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str],
                 continue  # later guidance scales and seeds of the same prompt: the first one stands
             face = row.get("face")
             col.cells[prompt] = Cell(
-                path, prompt, _number(row.get("clip_score")), _number(row.get("face_distance")),
+                path, prompt, _number(row.get(CLIP_SCORE)), _number(row.get(FACE_DISTANCE)),
                 face if isinstance(face, bool) else None,
                 load_thumbnail(path) if with_images else None,
             )  # fmt: skip

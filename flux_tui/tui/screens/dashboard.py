@@ -11,13 +11,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from flux_tui.core.runs import QUEUED, RUNNING
-from flux_tui.tui.messages import LogLines
+from flux_tui.tui.messages import LogLines, RunsChanged, TelemetryRead
 from flux_tui.tui.runview import RunView
+from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.widgets.gauges import GaugesPanel
 from flux_tui.tui.widgets.logpane import LogPane
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 DEMO_MARKER = ".flux-tui-demo.json"  # written by the demo builder at the workspace root
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(StudyScreen):
     BINDINGS = [
         Binding("enter", "launch", "Launch/resume", priority=True),
         Binding("a", "queue_all", "Queue all"),
@@ -52,7 +52,7 @@ class DashboardScreen(Screen):
         self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        study = self.app.study
+        study = self.study
         yield Header()
         if (study.workspace.root / DEMO_MARKER).exists():
             yield Static(
@@ -78,34 +78,40 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.matrix.focus()
-        self.runs_changed(self.app.views)
+        self.show_views(self.app.views)
         self._follow_selected()
-        self.telemetry_read()
+        self.query_one(GaugesPanel).show(self.app.sample, self.app.run_gpus)
+        self.feeds.runs.subscribe(self, self._runs_changed)
+        self.feeds.log.subscribe(self, self._log_lines)
+        self.feeds.telemetry.subscribe(self, self._telemetry_read)
 
-    # -- updates from the watcher (through the app)
-    def runs_changed(self, views: dict[str, RunView]) -> None:
+    # -- live data from the app's feeds
+    def _runs_changed(self, message: RunsChanged) -> None:
+        self.show_views(message.views)
+
+    def show_views(self, views: dict[str, RunView]) -> None:
         self.matrix.update_views(views)
         self._update_summary()
         name = self.matrix.selected_name
         if name in views:
             self._show_selected(views[name])
 
-    def log_lines(self, message: LogLines) -> None:
+    def _log_lines(self, message: LogLines) -> None:
         log = self.query_one(LogPane)
         if message.reset or message.name != log.run_name:
             log.show_run(message.name, message.lines)
         else:
             log.append(message.lines)
 
-    def telemetry_read(self) -> None:
-        self.query_one(GaugesPanel).show(self.app.sample, self.app.run_gpus)
+    def _telemetry_read(self, message: TelemetryRead) -> None:
+        self.query_one(GaugesPanel).show(message.sample, message.runs)
 
     def _update_summary(self) -> None:
         views = self.app.views
         counts: dict[str, int] = {}
         for v in views.values():
             counts[v.state] = counts.get(v.state, 0) + 1
-        parts = [f"{len(self.app.study.experiments)} experiments"]
+        parts = [f"{len(self.study.experiments)} experiments"]
         parts += [
             f"{counts[s]} {s}"
             for s in ("running", "queued", "done", "failed", "oom", "cancelled")

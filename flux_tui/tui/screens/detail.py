@@ -14,11 +14,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, HorizontalScroll, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, Static, TabbedContent, TabPane
 
+from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, HEADLINE, METRICS, N_IMAGES, Metric, metric
 from flux_tui.core.runs import FINISHED, RunDir, elapsed, run_dir
 from flux_tui.tui.format import duration, gib
+from flux_tui.tui.messages import RunsChanged
 from flux_tui.tui.runview import (
     EvalImage,
     RunView,
@@ -29,6 +31,7 @@ from flux_tui.tui.runview import (
     per_prompt,
     samples_on_disk,
 )
+from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import state_text
@@ -98,29 +101,18 @@ def status_text(view: RunView, run: RunDir, root: Path | None = None) -> Text:
     return out
 
 
-def _fmt(v: Any, spec: str) -> str:
-    return (
-        format(v, spec)
-        if isinstance(v, int | float) and not isinstance(v, bool)
-        else ("" if v is None else str(v))
-    )
+# The per-prompt table: the image count, then the headline scores.
+PER_PROMPT_COLUMNS: tuple[Metric, ...] = (metric(N_IMAGES), *HEADLINE)
 
 
 def scores_text(scores: dict[str, Any] | None, state: str) -> Text:
     if not scores:
         return Text("no scores yet" + (" (the run is not done)" if state != "done" else ""), style="dim")
     out = Text()
-    rows = [
-        ("Face Distance Score (lower is better)", _fmt(scores.get("face_distance"), ".4f")),
-        ("identity similarity (cosine)", _fmt(scores.get("identity_similarity"), ".4f")),
-        ("CLIP score (0..1)", _fmt(scores.get("clip_score"), ".4f")),
-        ("CLIP score x100 (torchmetrics' scale)", _fmt(scores.get("clip_score_x100"), ".2f")),
-        ("images without a face", _fmt(scores.get("faceless"), "d")),
-        ("images scored", _fmt(scores.get("n_images"), "d")),
-    ]
-    for label, value in rows:
+    for m in METRICS:
+        value = m.format(scores.get(m.key), missing="")
         if value:
-            out += Text(f"{label:<40}", style="bold") + Text(f"{value}\n")
+            out += Text(f"{m.title:<40}", style="bold") + Text(f"{value}\n")
     faceless = scores.get("faceless_images")
     if faceless:
         names = ", ".join(Path(str(p)).name for p in faceless)
@@ -181,10 +173,10 @@ class ImageScreen(ModalScreen[None]):
         self.query_one("#full-caption", Static).update(text)
 
 
-class RunDetailScreen(Screen):
+class RunDetailScreen(StudyScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
-        Binding("r", "reload_images", "Reload images", show=False),
+        Binding("r", "reload", "Reload images", show=False),
     ]
 
     app: FluxApp
@@ -218,14 +210,15 @@ class RunDetailScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run = run_dir(self.app.study, self.run_name)
+        self.run = run_dir(self.study, self.run_name)
         self.sub_title = self.run_name
         self._fill_config()
         table = self.query_one("#per-prompt", DataTable)
-        for key, label in (("prompt", "prompt"), ("n", "images"), ("fd", "face dist ↓"), ("clip", "CLIP ↑"),
-                           ("faceless", "no face")):  # fmt: skip
-            table.add_column(label, key=key)
-        self.runs_changed(self.app.views)
+        table.add_column("prompt", key="prompt")
+        for m in PER_PROMPT_COLUMNS:
+            table.add_column(m.narrow if m.is_count else m.header, key=m.key)
+        self.show_view(self.view)
+        self.feeds.runs.subscribe(self, self._runs_changed)
 
     @property
     def view(self) -> RunView:
@@ -236,15 +229,15 @@ class RunDetailScreen(Screen):
         table = self.query_one("#config", DataTable)
         table.add_column("setting", key="k")
         table.add_column("value", key="v")
-        config = self.run.config() or self.app.study.get(self.run_name).config_dict()
-        exp = self.app.study.get(self.run_name)
+        config = self.run.config() or self.study.get(self.run_name).config_dict()
+        exp = self.study.get(self.run_name)
         changed = set(self.run.changed_keys(exp))
         for key in sorted(config):
             value = config[key]
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             if key == "lora_alpha" and value is None:
                 text = f"None (= lora_rank, {config.get('lora_rank')})"
-            root = f"{self.app.study.workspace.root}{os.sep}"
+            root = f"{self.study.workspace.root}{os.sep}"
             if isinstance(value, str) and value.startswith(root):
                 text = value.removeprefix(root)  # short paths: the workspace is the user's cwd
             style = "italic red" if key in changed else ""
@@ -252,18 +245,20 @@ class RunDetailScreen(Screen):
         table.border_title = "resolved config" + (" (red: changed in the file since)" if changed else "")
 
     # -- updates
-    def runs_changed(self, views: dict[str, RunView]) -> None:
-        if self.run_name not in views or self.run is None:
-            return
-        view = views[self.run_name]
-        exp = self.app.study.get(self.run_name)
+    def _runs_changed(self, message: RunsChanged) -> None:
+        if self.run_name in message.views:
+            self.show_view(message.views[self.run_name])
+
+    def show_view(self, view: RunView) -> None:
+        assert self.run is not None
+        exp = self.study.get(self.run_name)
         s = exp.settings
         head = Text(f"{self.run_name}", style="bold") + Text(f" · {exp.group} · ")
         head += state_text(view.status, view.stale)
         head += Text(f"  · lr {s.learning_rate:g} · rank {s.lora_rank} · alpha {s.alpha} · {s.max_train_steps} steps"
                      f" · {s.lr_scheduler} · {s.resolution}px")  # fmt: skip
         self.query_one("#detail-head", Static).update(head)
-        self.query_one("#status", Static).update(status_text(view, self.run, self.app.study.workspace.root))
+        self.query_one("#status", Static).update(status_text(view, self.run, self.study.workspace.root))
         self.query_one("#timeline", Static).update(
             Text("stage timeline\n", style="bold") + timeline_text(view)
         )
@@ -276,14 +271,8 @@ class RunDetailScreen(Screen):
         table = self.query_one("#per-prompt", DataTable)
         table.clear()
         for i, row in enumerate(per_prompt(view.scores)):
-            table.add_row(
-                str(row.get("prompt", "")),
-                _fmt(row.get("n_images", row.get("n")), "d"),
-                _fmt(row.get("face_distance"), ".4f"),
-                _fmt(row.get("clip_score"), ".4f"),
-                _fmt(row.get("faceless"), "d"),
-                key=str(i),
-            )
+            values = (m.format(row.get(m.key), missing="") for m in PER_PROMPT_COLUMNS)
+            table.add_row(str(row.get("prompt", "")), *values, key=str(i))
 
     def _refresh_images(self, view: RunView) -> None:
         assert self.run is not None
@@ -298,7 +287,7 @@ class RunDetailScreen(Screen):
             self._sample_paths = spaths
             self._load_samples(samples)
 
-    def action_reload_images(self) -> None:
+    def action_reload(self) -> None:
         self._eval_paths = self._sample_paths = None
         self._refresh_images(self.view)
 
@@ -323,7 +312,7 @@ class RunDetailScreen(Screen):
         note.update(f"{len(items)} images · enter on one opens it full size")
         thumbs = []
         for path, prompt, extra, image in items:
-            fd, clip = extra.get("face_distance"), extra.get("clip_score")
+            fd, clip = extra.get(FACE_DISTANCE), extra.get(CLIP_SCORE)
             facts = []
             if isinstance(fd, int | float):
                 facts.append(f"fd {fd:.3f}")

@@ -17,10 +17,10 @@ from textual_plotext import PlotextPlot
 from flux_tui.core import analysis, results
 from flux_tui.core.analysis import Comparison, Effect
 from flux_tui.core.config import Study
+from flux_tui.core.metrics import HEADLINE, metric
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 
-CHART_SCORES = ("face_distance", "clip_score", "faceless")
 _FIXED_LABELS = {
     "learning_rate": "lr",
     "lora_rank": "rank",
@@ -65,8 +65,7 @@ class EffectChart(PlotextPlot):
     def __init__(self, effect: Effect, score: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.effect, self.score = effect, score
-        better = "lower" if results.LOWER_IS_BETTER[score] else "higher"
-        self.border_title = f"{analysis.LABELS[score]} ({better} is better)"
+        self.border_title = f"{metric(score).label} ({metric(score).better} is better)"
 
     def series(self) -> list[tuple[str, list[int], list[float]]]:
         """(label, x positions, scores) per comparison with at least one scored point."""
@@ -101,8 +100,8 @@ class EffectChart(PlotextPlot):
 
 def readings_text(effect: Effect) -> Text:
     text = Text()
-    for score in CHART_SCORES:
-        text += Text(f"{analysis.LABELS[score]:<16}", style="bold") + Text(effect.reading(score) + "\n")
+    for m in HEADLINE:
+        text += Text(f"{m.label:<16}", style="bold") + Text(effect.reading(m.key) + "\n")
     return text
 
 
@@ -149,9 +148,6 @@ class EffectsScreen(OutcomeScreen):
                     yield Static(classes="fx-runs")
         yield Footer()
 
-    def reload(self) -> None:
-        self.action_reload()
-
     @work(thread=True, exclusive=True)
     def action_reload(self) -> None:
         effects = analysis.all_effects(results.collect(self.study))
@@ -170,7 +166,7 @@ class EffectsScreen(OutcomeScreen):
             charts = pane.query_one(".fx-charts", Horizontal)
             await charts.remove_children()
             if effect.comparisons:
-                await charts.mount_all(EffectChart(effect, score) for score in CHART_SCORES)
+                await charts.mount_all(EffectChart(effect, m.key) for m in HEADLINE)
             pane.query_one(".fx-runs", Static).update(comparisons_text(effect))
         self.query_one("#fx-note", Static).update(
             f"{found} comparison(s) of runs that differ in one hyperparameter only · [ ] switch tabs · "

@@ -14,7 +14,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from flux_tui.core import analysis, results
 from flux_tui.core.config import Study
-from flux_tui.core.results import LOWER_IS_BETTER, RunRecord
+from flux_tui.core.metrics import FACE_DISTANCE, N_IMAGES, SCORE_KEYS, SCORES, Metric, figures, metric
+from flux_tui.core.results import RunRecord
 from flux_tui.core.runs import DONE
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
@@ -22,14 +23,6 @@ from flux_tui.tui.screens.base import OutcomeScreen
 if TYPE_CHECKING:
     from textual.widgets.data_table import ColumnKey
 
-# (key, label, format): the score columns, in the order shown.
-SCORE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("face_distance", "face dist ↓", ".4f"),
-    ("clip_score", "CLIP ↑", ".4f"),
-    ("identity_similarity", "identity ↑", ".3f"),
-    ("faceless", "faceless ↓", ".0f"),
-)
-SORT_KEYS = {"f": "face_distance", "c": "clip_score", "i": "identity_similarity", "n": "faceless"}
 BEST = "★"
 
 
@@ -55,13 +48,32 @@ def _hp(r: RunRecord, key: str) -> str:
     return lr_text(v) if key == "learning_rate" and isinstance(v, int | float) else str(v)
 
 
-def score_cell(r: RunRecord, key: str, spec: str, best: dict[str, float]) -> Text:
-    v = r.score(key)
+def score_cell(r: RunRecord, m: Metric, best: dict[str, float]) -> Text:
+    v = r.score(m.key)
     if v is None:
         return Text("-", style="dim", justify="right")
-    if key in best and v == best[key]:
-        return Text(f"{v:{spec}} {BEST}", style="bold green", justify="right")
-    return Text(f"{v:{spec}}  ", justify="right")
+    text = m.format(v, spec=m.column_fmt)
+    if m.key in best and v == best[m.key]:
+        return Text(f"{text} {BEST}", style="bold green", justify="right")
+    return Text(f"{text}  ", justify="right")
+
+
+def _sort_keys(reserved: str = "oqrv") -> dict[str, str]:
+    """A letter per score to sort by: the first of its narrow header's letters that no other key has
+    (face↓: f, CLIP↑: c, identity↑: i, no face: n)."""
+    keys: dict[str, str] = {}
+    for m in SCORES:
+        taken = set(reserved) | set(keys.values())
+        keys[m.key] = next(c for c in m.narrow.lower() + m.key if c.isalpha() and c not in taken)
+    return keys
+
+
+SORT_KEYS = _sort_keys()
+
+
+def _sort_binding(m: Metric) -> Binding:
+    # The headline scores show in the footer; the others are in the command palette.
+    return Binding(SORT_KEYS[m.key], f"sort('{m.key}')", m.heading[:1].upper() + m.heading[1:], show=m.chart)
 
 
 class LeaderboardScreen(OutcomeScreen):
@@ -72,21 +84,18 @@ class LeaderboardScreen(OutcomeScreen):
                                   border-title-color: $text-muted; }
     """
     BINDINGS = [
-        Binding("f", "sort('face_distance')", "Face dist"),
-        Binding("c", "sort('clip_score')", "CLIP"),
-        Binding("n", "sort('faceless')", "Faceless"),
-        Binding("i", "sort('identity_similarity')", "Identity", show=False),
+        *(_sort_binding(m) for m in SCORES),
         Binding("o", "sort('')", "File order", show=False),
         Binding("space", "toggle_select", "Select"),
         Binding("v", "compare", "Compare"),
-        Binding("r", "refresh", "Reload"),
+        Binding("r", "reload", "Reload"),
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(study, **kwargs)
         self.records: list[RunRecord] = []
         self.rows: list[RunRecord] = []
-        self.sort_key: str | None = "face_distance"
+        self.sort_key: str | None = FACE_DISTANCE
         self.sort_reverse = False
         self.selected: set[str] = set()
 
@@ -111,18 +120,15 @@ class LeaderboardScreen(OutcomeScreen):
         for key, label in (("learning_rate", "lr"), ("lora_rank", "rank"), ("lora_alpha", "alpha"),
                            ("max_train_steps", "steps"), ("lr_scheduler", "scheduler")):  # fmt: skip
             t.add_column(label, key=key)
-        for key, label, _ in SCORE_COLUMNS:
-            t.add_column(label, key=key)
-        t.add_column("images", key="n_images")
+        for m in SCORES:
+            t.add_column(m.header, key=m.key)
+        t.add_column(metric(N_IMAGES).heading, key=N_IMAGES)
         t.add_column("pick", key="pick")
         t.focus()
 
-    def reload(self) -> None:
-        self.action_refresh()
-
     # -- data, read off the event loop
     @work(thread=True, exclusive=True, group="leaderboard")
-    def action_refresh(self) -> None:
+    def action_reload(self) -> None:
         records = results.collect(self.study)
         self.app.call_from_thread(self.show_records, records)
 
@@ -149,16 +155,16 @@ class LeaderboardScreen(OutcomeScreen):
                     _hp(r, k)
                     for k in ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler")
                 ),
-                *(score_cell(r, key, spec, best) for key, _, spec in SCORE_COLUMNS),
-                str((r.scores or {}).get("n_images", "")),
+                *(score_cell(r, m, best) for m in SCORES),
+                metric(N_IMAGES).format((r.scores or {}).get(N_IMAGES), missing=""),
                 Text(f"{BEST}{picks[r.name]}", style="bold yellow") if r.name in picks else "",
                 key=r.name,
             )
-        for key, label, _ in SCORE_COLUMNS:
+        for m in SCORES:
             arrow = ""
-            if key == self.sort_key:
+            if m.key == self.sort_key:
                 arrow = " ▲" if self.sort_reverse else " ▼"  # ▼: best first
-            t.columns[_column_key(key)].label = Text(label + arrow, style="bold" if arrow else "")
+            t.columns[_column_key(m.key)].label = Text(m.header + arrow, style="bold" if arrow else "")
         if current in {r.name for r in self.rows}:
             t.move_cursor(row=t.get_row_index(current))
         self._render_summary(board, picks)
@@ -168,7 +174,7 @@ class LeaderboardScreen(OutcomeScreen):
         order = "file order" if not self.sort_key else (
             f"sorted by {analysis.LABELS[self.sort_key]} "
             f"({'worst' if self.sort_reverse else 'best'} first; "
-            f"{'lower' if LOWER_IS_BETTER[self.sort_key] else 'higher'} is better)"
+            f"{metric(self.sort_key).better} is better)"
         )  # fmt: skip
         sel = f" · {len(self.selected)} selected" if self.selected else ""
         self.query_one("#lb-summary", Static).update(
@@ -184,8 +190,7 @@ class LeaderboardScreen(OutcomeScreen):
                 r = by_name[name]
                 text += Text(f"{BEST}{i} {name}", style="bold yellow")
                 text += Text(
-                    f"  face {r.score('face_distance'):.4f} · CLIP {r.score('clip_score'):.4f} · "
-                    f"faceless {r.score('faceless') or 0:.0f} · lr {_hp(r, 'learning_rate')} rank {_hp(r, 'lora_rank')} "
+                    f"  {figures(r.score)} · lr {_hp(r, 'learning_rate')} rank {_hp(r, 'lora_rank')} "
                     f"steps {_hp(r, 'max_train_steps')}\n"
                 )
         self.query_one("#lb-picks", Static).update(text)
@@ -233,7 +238,7 @@ class LeaderboardScreen(OutcomeScreen):
     @on(DataTable.HeaderSelected, "#lb-table")
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
         key = str(event.column_key.value)
-        if key in results.SCORE_KEYS:
+        if key in SCORE_KEYS:
             self.action_sort(key)
 
 

@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, SelectionList, Static
 
 from flux_tui.core.config import Study
+from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, metric
 from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
 from flux_tui.core.runs import RunDir
 from flux_tui.tui.format import lr_text
@@ -70,16 +71,17 @@ def parse_weights(text: str, n: int) -> list[float]:
     return weights
 
 
-def _fmt(v: Any, spec: str = ".4f") -> str:
-    return f"{v:{spec}}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+# An image's own scores, as the playground shows them (the engine's server scores each image it makes).
+IMAGE_SCORES = (metric(CLIP_SCORE), metric(FACE_DISTANCE))
 
 
 def result_text(r: dict[str, Any]) -> Text:
     t = r.get("timings", {})
     face = {True: Text("yes", style="green"), False: Text("no", style="yellow"), None: Text("-")}[r.get("face")]
-    text = Text("CLIP score ", style="bold") + Text(_fmt(r.get("clip_score")))
-    text += Text("   face distance ", style="bold") + Text(_fmt(r.get("face_distance")))
-    text += Text("   face found ", style="bold") + face
+    text = Text()
+    for m in IMAGE_SCORES:
+        text += Text(f"{m.label} ", style="bold") + Text(m.format(r.get(m.key))) + Text("   ")
+    text += Text("face found ", style="bold") + face
     text += Text(f"\n{Path(r['path']).name} · seed {r.get('seed')} · guidance {r.get('guidance')} · "
                  f"{r.get('steps')} steps · {r.get('width')}x{r.get('height')}", style="dim")  # fmt: skip
     loaded = f"loaded the model in {t.get('load_s', 0):.1f}s, " if t.get("load_s") else "model reused, "
@@ -166,7 +168,7 @@ class PlaygroundScreen(StudyScreen):
         if not found:
             loras.border_title = "no finished runs with a LoRA yet: the base model alone"
         history = self.query_one("#pg-history", DataTable)
-        history.add_columns("image", "prompt", "seed", "CLIP", "face dist", "face", "LoRAs")
+        history.add_columns("image", "prompt", "seed", *(m.heading for m in IMAGE_SCORES), "face", "LoRAs")
         self.query_one("#pg-prompt", Input).focus()
         d = self._defaults()
         root = self.study.workspace.root
@@ -244,8 +246,9 @@ class PlaygroundScreen(StudyScreen):
         self.query_one("#pg-scores", Static).update(result_text(e))
         loras = ", ".join(f"{x.get('run') or Path(x['path']).parent.name} {x['weight']:g}" for x in e.get("loras", []))
         self.query_one("#pg-history", DataTable).add_row(
-            Path(e["path"]).name, e.get("prompt", ""), str(e.get("seed")), _fmt(e.get("clip_score")),
-            _fmt(e.get("face_distance")), {True: "yes", False: "no"}.get(e.get("face"), "-"), loras or "base",
+            Path(e["path"]).name, e.get("prompt", ""), str(e.get("seed")),
+            *(m.format(e.get(m.key)) for m in IMAGE_SCORES), {True: "yes", False: "no"}.get(e.get("face"), "-"),
+            loras or "base",
         )  # fmt: skip
         self._show_image(Path(e["path"]))
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from flux_tui.core.config import Experiment, Study
+from flux_tui.core.metrics import CLIP_SCORE, HEADLINE, NO_FACE, Metric
 from flux_tui.core.runs import RUNNING, Status
 from flux_tui.tui.format import duration
 from flux_tui.tui.runview import RunView
@@ -52,11 +53,18 @@ def _num(v: float | None, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
 
-def _face_distance(v: RunView) -> str:
-    # Scored, but no face in any image: say so rather than leave the cell blank as if not scored.
-    if v.scores is not None and v.score("face_distance") is None and v.score("clip_score") is not None:
-        return "no face"
-    return _num(v.score("face_distance"), ".4f")
+def score_column(m: Metric) -> Column:
+    """A headline score's column: as wide as its header, a value, or "no face" for a face score."""
+    width = max(len(m.narrow), len(m.format(0.0)), len(NO_FACE) if m.needs_face else 0)
+
+    def show(_: Experiment, v: RunView) -> str:
+        # Scored, but no face in any image: say so rather than leave the cell blank as if not scored.
+        if m.needs_face and v.score(m.key) is None and v.score(CLIP_SCORE) is not None:
+            return NO_FACE
+        return m.format(v.score(m.key), missing="")
+
+    return Column(m.key, m.narrow, width, lambda e, v: v.score(m.key), show,
+                  best="min" if m.lower_is_better else "max", dynamic=True)  # fmt: skip
 
 
 def _progress(_: Experiment, v: RunView) -> str:
@@ -85,12 +93,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("loss", "loss", 7, lambda e, v: v.loss, lambda e, v: _num(v.loss, ".4f"), dynamic=True),
     Column("sec_per_step", "s/step", 6, lambda e, v: v.sec_per_step, lambda e, v: _num(v.sec_per_step, ".2f"), dynamic=True),
     Column("eta", "ETA", 6, lambda e, v: v.eta_s if v.state == RUNNING else None, _eta, dynamic=True),
-    Column("face_distance", "face↓", 7, lambda e, v: v.score("face_distance"),
-           lambda e, v: _face_distance(v), best="min", dynamic=True),
-    Column("clip_score", "CLIP↑", 6, lambda e, v: v.score("clip_score"),
-           lambda e, v: _num(v.score("clip_score"), ".4f"), best="max", dynamic=True),
-    Column("faceless", "no face", 7, lambda e, v: v.faceless,
-           lambda e, v: "" if v.faceless is None else str(v.faceless), best="min", dynamic=True),
+    *(score_column(m) for m in HEADLINE),
 )  # fmt: skip
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 
