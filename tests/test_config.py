@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -176,6 +179,21 @@ BAD = [
     pytest.param("[defualts]\n", 1, "defualts", "did you mean 'defaults'", id="unknown-table"),
     pytest.param(GOOD_HEAD + "\n[workspace]\nruns_per_gpu = 0\n", 10, "runs_per_gpu", ">= 1", id="per-gpu"),
     pytest.param(GOOD_HEAD + '\n[[sweep]]\nname = "s"\nlora_rank = []\n', 11, "lora_rank", "non-empty list", id="empty-sweep"),
+    pytest.param(GOOD_HEAD + '\n[workspace]\nexecutor = "pbs"\n', 10, "[workspace].executor", "expected one of local, slurm", id="executor"),
+    pytest.param('slurm = "gpu"\n' + GOOD_HEAD, 1, "slurm", "expected a table [slurm]", id="slurm-not-a-table"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\npartiton = "gpu"\n', 10, "[slurm].partiton", "did you mean 'partition'", id="slurm-typo"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\npartition = "gpu long"\n', 10, "[slurm].partition", "expected a partition name", id="slurm-partition"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\naccount = 42\n', 10, "[slurm].account", "expected an account name", id="slurm-account"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\ntime = "4h"\n', 10, "[slurm].time", "expected a Slurm time limit: minutes, MM:SS", id="slurm-time"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\ntime = "0"\n', 10, "[slurm].time", "longer than 0", id="slurm-time-zero"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\ntime = 240\n', 10, "[slurm].time", 'expected a time limit per run, e.g. "4:00:00"', id="slurm-time-int"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\ngres = "gpu 1"\n', 10, "[slurm].gres", 'expected generic resources per run', id="slurm-gres"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\ncpus_per_task = 0\n', 10, "[slurm].cpus_per_task", ">= 1", id="slurm-cpus"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\nmem = "64GB"\n', 10, "[slurm].mem", 'expected memory per run, e.g. "64G"', id="slurm-mem"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\nmax_jobs = 0\n', 10, "[slurm].max_jobs", "expected an integer >= 1", id="slurm-max-jobs"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\nsbatch_args = "--exclusive"\n', 10, "[slurm].sbatch_args", "expected a list of sbatch options", id="slurm-args-string"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\nsbatch_args = ["--exclusive", "exclusive"]\n', 10, "[slurm].sbatch_args", "item 2 ('exclusive') is not an option", id="slurm-args-item"),
+    pytest.param(GOOD_HEAD + '\n[slurm]\nsetup = 3\n', 10, "[slurm].setup", "expected shell lines", id="slurm-setup"),
 ]  # fmt: skip
 
 
@@ -222,6 +240,70 @@ def test_missing_data_folder_is_a_warning_with_its_line(tmp_path: Path) -> None:
     (warning,) = study.warnings
     assert warning.severity == "warning" and warning.line == 2
     assert "nowhere" in warning.message and "does not exist" in warning.message
+
+
+SLURM = """
+[workspace]
+executor = "slurm"
+
+[slurm]
+partition = "gpu"
+account = "lab"
+qos = "normal"
+time = "1-00:00:00"
+gres = "gpu:a100:2"
+cpus_per_task = 8
+mem = "64G"
+constraint = "a100|h100"
+max_jobs = 4
+sbatch_args = ["--exclusive", "--comment=flux sweep"]
+setup = \"\"\"
+module load cuda/12.1
+source ~/venvs/flux/bin/activate
+\"\"\"
+"""
+
+
+def test_slurm_table_and_executor(tmp_path: Path) -> None:
+    study = config.load(write(tmp_path, GOOD_HEAD + SLURM))
+    assert study.workspace.executor == "slurm"
+    s = study.slurm
+    assert (s.partition, s.account, s.qos, s.time) == ("gpu", "lab", "normal", "1-00:00:00")
+    assert (s.time_limit_s, s.gres, s.cpus_per_task, s.mem) == (86400, "gpu:a100:2", 8, "64G")
+    assert (s.constraint, s.max_jobs) == ("a100|h100", 4)
+    assert s.sbatch_args == ["--exclusive", "--comment=flux sweep"]
+    assert s.setup_lines == ["module load cuda/12.1", "source ~/venvs/flux/bin/activate"]
+    # Without the table: local, and Slurm's defaults should the executor change.
+    plain = config.load(write(tmp_path, GOOD_HEAD))
+    assert plain.workspace.executor == "local" and plain.slurm == config.SlurmSettings()
+    assert (plain.slurm.gres, plain.slurm.setup_lines, plain.slurm.time_limit_s) == ("gpu:1", [], None)
+
+
+def test_slurm_workspace_under_tmp_is_a_warning_at_the_executor_line(tmp_path: Path) -> None:
+    assert tmp_path.is_relative_to("/tmp")  # pytest's folders are under /tmp here
+    study = config.load(write(tmp_path, GOOD_HEAD + SLURM))
+    tmp_warnings = [w for w in study.warnings if "compute nodes will not see them" in w.message]
+    assert len(tmp_warnings) == 1 and tmp_warnings[0].line == 10, [str(w) for w in study.warnings]
+    assert tmp_warnings[0].key == "[workspace].executor" and str(tmp_path / "runs") in tmp_warnings[0].message
+    # A local workspace under /tmp is fine, and so is a Slurm one whose runs go elsewhere.
+    assert config.load(write(tmp_path, GOOD_HEAD + SLURM.replace('"slurm"', '"local"'))).warnings == []
+    home = SLURM.replace('executor = "slurm"', f'executor = "slurm"\nruns_dir = "{Path.home()}/flux-runs"')
+    assert not [w for w in config.load(write(tmp_path, GOOD_HEAD + home)).warnings if "/tmp" in w.message]
+
+
+def test_slurm_without_sbatch_is_a_warning_and_check_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, GOOD_HEAD + SLURM)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Slurm's commands
+    study = config.load(path)
+    (warning,) = [w for w in study.warnings if "not on PATH" in w.message]
+    assert warning.line == 10 and "sbatch is not on PATH" in warning.message
+    proc = subprocess.run([sys.executable, "-m", "flux_tui.main", "check", str(path)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    expected = f'{path}:10: warning: [workspace].executor: executor is "slurm" but sbatch is not on PATH'
+    assert expected in proc.stderr
 
 
 def test_missing_file_is_a_problem_not_a_traceback(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,93 @@ EVAL_KEYS = frozenset(
 )  # fmt: skip
 PATH_KEYS = ("data_dir", "face_weights")
 ROW_KEYS = ("name", "number", "group", "description")
-WORKSPACE_KEYS = ("runs_dir", "cache_dir", "runs_per_gpu")
-TOP_KEYS = ("workspace", "defaults", "experiment", "sweep")
+WORKSPACE_KEYS = ("runs_dir", "cache_dir", "runs_per_gpu", "executor")
+EXECUTORS = ("local", "slurm")
+TOP_KEYS = ("workspace", "defaults", "experiment", "sweep", "slurm")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+# Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds.
+_SLURM_TIME_RE = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds in a Slurm time limit ("90", "4:00:00", "1-12", ...); None for no limit. Raises ValueError."""
+    if text.strip().upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = _SLURM_TIME_RE.match(text.strip())
+    if not m:
+        raise ValueError("expected a Slurm time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    days, d_h, d_m, d_s, a, b, c = (int(g) if g else 0 for g in m.groups())
+    if m.group(1) is not None:
+        seconds = days * 86400 + d_h * 3600 + d_m * 60 + d_s
+    elif m.group(7) is not None:
+        seconds = a * 3600 + b * 60 + c
+    else:
+        seconds = a * 60 + b
+    if seconds <= 0:
+        raise ValueError("expected a time limit longer than 0")
+    return seconds
+
+
+Word = Annotated[str, Field(pattern=r"^[^\s,]+$")]
+_GRES_ONE = r"[A-Za-z]\w*(:[\w.-]+){0,2}"
+Gres = Annotated[str, Field(pattern=rf"^({_GRES_ONE}(,{_GRES_ONE})*)?$")]
+SlurmMemory = Annotated[str, Field(pattern=r"^\d+[KMGTkmgt]?$")]
+
+
+class SlurmSettings(BaseModel):
+    """The `[slurm]` table: how each run is submitted when `[workspace] executor = "slurm"`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    partition: Annotated[str, Field(pattern=r"^[^\s,]+(,[^\s,]+)*$")] | None = Field(
+        None, description="a partition name, or several separated by commas (default: the cluster's)"
+    )
+    account: Word | None = Field(None, description="an account name, without spaces")
+    qos: Word | None = Field(None, description="a QOS name, without spaces")
+    time: str | None = Field(None, description='a time limit per run, e.g. "4:00:00", "1-00:00:00" or "90"')
+    gres: Gres = Field("gpu:1", description='generic resources per run: "gpu:1", "gpu:a100:2", "" for none')
+    cpus_per_task: PosInt | None = Field(None, description="an integer >= 1")
+    mem: SlurmMemory | None = Field(
+        None, description='memory per run, e.g. "64G" (a number with an optional K, M, G or T suffix)'
+    )
+    constraint: Annotated[str, Field(pattern=r"^[^\n]+$")] | None = Field(
+        None, description='a node feature expression, e.g. "a100|h100"'
+    )
+    max_jobs: PosInt | None = Field(
+        None, description="an integer >= 1 (how many of the sweep's runs may be in Slurm at once)"
+    )
+    sbatch_args: list[str] = Field(
+        default_factory=list, description='a list of sbatch options, each one "--name" or "--name=value"'
+    )
+    setup: str | list[str] = Field(
+        "", description="shell lines run before the trainer (a string, or a list of lines)"
+    )
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, v: str | None) -> str | None:
+        if v is not None:
+            slurm_time_seconds(v)
+        return v
+
+    @field_validator("sbatch_args")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for i, arg in enumerate(v):
+            if not arg.startswith("-") or "\n" in arg:
+                raise ValueError(f'item {i + 1} ({arg!r}) is not an option: write each as "--name" or "--name=value"')
+        return v
+
+    @property
+    def setup_lines(self) -> list[str]:
+        return self.setup.splitlines() if isinstance(self.setup, str) else list(self.setup)
+
+    @property
+    def time_limit_s(self) -> int | None:
+        return slurm_time_seconds(self.time) if self.time else None
 
 
 @dataclass(frozen=True)
@@ -186,6 +271,7 @@ class Workspace:
     runs_dir: Path
     cache_dir: Path
     runs_per_gpu: int = 1
+    executor: str = "local"
 
 
 @dataclass
@@ -196,6 +282,7 @@ class Study:
     workspace: Workspace
     experiments: list[Experiment]
     warnings: list[Problem] = field(default_factory=list)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
     def get(self, name: str) -> Experiment:
         for exp in self.experiments:
@@ -356,6 +443,7 @@ def parse_text(text: str, file: Path) -> Study:
             expected = f"expected one of {', '.join(TOP_KEYS)}"
             col.add("", 0, key, f"unknown table{_suggest(key, TOP_KEYS)}; {expected}")
     workspace = _parse_workspace(col, data.get("workspace", {}), root)
+    slurm = _parse_slurm(col, data.get("slurm", {}), workspace)
     defaults, base = _parse_defaults(col, data.get("defaults", {}), root)
     rows = _rows(col, data)
     names = _Names(col)
@@ -368,7 +456,8 @@ def parse_text(text: str, file: Path) -> Study:
     if col.errors:
         raise ConfigError(col.problems)
     assert workspace is not None
-    return Study(file=file, workspace=workspace, experiments=experiments, warnings=col.problems)
+    return Study(file=file, workspace=workspace, experiments=experiments, warnings=col.problems,
+                 slurm=slurm or SlurmSettings())  # fmt: skip
 
 
 def _read_toml(text: str, file: Path) -> dict[str, Any]:
@@ -562,6 +651,10 @@ def _parse_workspace(col: _Collector, raw: Any, root: Path) -> Workspace | None:
         if key in raw and not isinstance(raw[key], str):
             col.add("workspace", 0, key, f"expected a folder path (string), got {_describe(raw[key])}")
             ok = False
+    executor = raw.get("executor", "local")
+    if executor not in EXECUTORS:
+        col.add("workspace", 0, "executor", f"expected one of {', '.join(EXECUTORS)}, got {_describe(executor)}")
+        ok = False
     per_gpu = raw.get("runs_per_gpu", 1)
     if not isinstance(per_gpu, int) or isinstance(per_gpu, bool) or per_gpu < 1:
         col.add("workspace", 0, "runs_per_gpu", f"expected an integer >= 1, got {_describe(per_gpu)}")
@@ -573,7 +666,57 @@ def _parse_workspace(col: _Collector, raw: Any, root: Path) -> Workspace | None:
         runs_dir=(root / raw.get("runs_dir", "runs")).resolve(),
         cache_dir=(root / raw.get("cache_dir", ".flux-tui/cache")).resolve(),
         runs_per_gpu=per_gpu,
+        executor=executor,
     )
+
+
+def _parse_slurm(col: _Collector, raw: Any, workspace: Workspace | None) -> SlurmSettings | None:
+    """The [slurm] table, checked like [workspace]; with `executor = "slurm"`, warnings about this machine."""
+    if not isinstance(raw, dict):
+        col.add("", 0, "slurm", "expected a table [slurm]")
+        return None
+    keys = tuple(SlurmSettings.model_fields)
+    for key in raw:
+        if key not in keys:
+            col.add("slurm", 0, key, f"unknown key{_suggest(key, keys)}")
+    slurm = _check_model(col, "slurm", SlurmSettings, {k: v for k, v in raw.items() if k in keys})
+    if workspace is not None and workspace.executor == "slurm":
+        _slurm_warnings(col, workspace)
+    return slurm
+
+
+def _slurm_warnings(col: _Collector, workspace: Workspace) -> None:
+    if shutil.which("sbatch") is None:
+        col.add("workspace", 0, "executor", "executor is \"slurm\" but sbatch is not on PATH: runs cannot be "
+                "submitted from here (use a login node of the cluster, or load Slurm, e.g. module load slurm)",
+                "warning")  # fmt: skip
+    tmp = next((t for t in ("/tmp", "/var/tmp", "/dev/shm") if workspace.runs_dir.is_relative_to(t)), None)
+    if tmp is not None:
+        col.add("workspace", 0, "executor", f"runs are written under {tmp} ({workspace.runs_dir}), which is local "
+                "to each machine: compute nodes will not see them; put the workspace on storage the "
+                "nodes share (home or project space)", "warning")  # fmt: skip
+
+
+def _check_model(col: _Collector, table: str, model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """`model(**values)`, or None after adding one problem per wrong key (at its line in `table`)."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        seen: set[str | None] = set()
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else None
+            if key in seen:  # a union type fails once per member: one problem per key is enough
+                continue
+            seen.add(key)
+            field_info = model.model_fields.get(key or "")
+            expected = field_info.description if field_info else None
+            got = _describe(err.get("input"))
+            if err["type"] == "value_error":  # our validators' messages say what they expect
+                text = f"{err['msg'].removeprefix('Value error, ')}, got {got}"
+            else:
+                text = f"expected {expected}, got {got}" if expected else err["msg"]
+            col.add(table, 0, key, text)
+        return None
 
 
 def load(path: str | Path = DEFAULT_FILE) -> Study:
