@@ -66,3 +66,14 @@ def make_lora_workspace(demo: Path, dest: Path, runs: dict[str, int]) -> Path:
 
         FluxPipeline.save_lora_weights(run.lora_dir, transformer_lora_layers=folded, safe_serialization=True)
     return dest / "experiments.toml"
+
+
+@pytest.fixture
+def slurm_cluster():
+    """The real one-node Slurm cluster of scripts/local-slurm.sh (tests/slurm_helpers.py); skips, naming the
+    script, when it is not up. Jobs recorded with `slurm_cluster.track(job_id)` are cancelled afterwards."""
+    from slurm_helpers import cluster_or_skip
+
+    cluster = cluster_or_skip()
+    yield cluster
+    cluster.cancel_tracked()
