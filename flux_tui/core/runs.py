@@ -91,6 +91,7 @@ class RunDir:
     eval_dir = property(lambda self: self.path / "samples" / "eval")
     data_dir = property(lambda self: self.path / "data")  # the prepared training images
     scores_json = property(lambda self: self.path / "scores.json")
+    slurm_script = property(lambda self: self.path / "slurm.sbatch")  # the batch script of a Slurm run
 
     def exists(self) -> bool:
         return self.run_json.exists()
