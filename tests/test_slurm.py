@@ -9,6 +9,7 @@ The slow test at the end runs the real trainer on the demo's tiny model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -250,6 +251,19 @@ def test_jobs_slurm_does_not_know_are_reported_unknown(slurm_cluster: Cluster) -
     assert slurm.cancel("987654") is False
     with pytest.raises(ValueError, match="not a Slurm job id"):
         slurm.query(["12; rm -rf /"])
+
+
+def test_a_controller_that_does_not_answer_is_an_error_not_an_unknown_job(
+    slurm_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    elsewhere = tmp_path / "slurm.conf"  # the same cluster, but its controller on a port nobody listens on
+    elsewhere.write_text(conf + "\nSlurmctldPort=6899\nMessageTimeout=1\n")
+    monkeypatch.setenv("SLURM_CONF", str(elsewhere))
+    with pytest.raises(SlurmError, match=r"^squeue failed: .*Unable to contact slurm controller"):
+        slurm.query(["1"])
+    with pytest.raises(SlurmError, match=r"^sbatch failed: Unable to contact slurm controller"):
+        slurm.submit(slurm.write_batch_script(make_run(tmp_path), SlurmSettings()))
 
 
 def test_a_finished_job_is_still_found_once_squeue_has_forgotten_it(

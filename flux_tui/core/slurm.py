@@ -124,9 +124,11 @@ def batch_script(
     return "\n".join(lines)
 
 
-def write_batch_script(run: RunDir, slurm: SlurmSettings, **kwargs: object) -> Path:
+def write_batch_script(
+    run: RunDir, slurm: SlurmSettings, *, python: str | None = None, grace_s: int | None = None
+) -> Path:
     """Write `runs/<name>/slurm.sbatch` (atomically) and return its path."""
-    atomic_write_text(run.slurm_script, batch_script(run, slurm, **kwargs))  # type: ignore[arg-type]
+    atomic_write_text(run.slurm_script, batch_script(run, slurm, python=python, grace_s=grace_s))
     return run.slurm_script
 
 
@@ -163,8 +165,15 @@ def submit(script: Path) -> str:
     first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
     job_id = first.split(";")[0].strip()  # "<id>" or "<id>;<cluster>"
     if proc.returncode != 0 or not job_id.isdigit():
-        raise SlurmError(f"Slurm refused the job: {_slurm_words(proc.stderr, 'sbatch')}")
+        words = _slurm_words(proc.stderr, "sbatch")
+        raise SlurmError(f"{'sbatch failed' if _unreachable(words) else 'Slurm refused the job'}: {words}")
     return job_id
+
+
+def _unreachable(words: str) -> bool:
+    """Slurm's controller (or its database) did not answer: nothing is known about the jobs."""
+    return any(w in words for w in ("Unable to contact slurm controller", "Problem talking to the database",
+                                    "Socket timed out", "Connection refused"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,9 @@ def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
         source, proc = "sacct --completion", _run(["sacct", "--completion", *fields,
                                                    "--format=JobID,State,NodeList,ExitCode"])  # fmt: skip
     if proc.returncode != 0:
+        words = _slurm_words(proc.stderr, "sacct")
+        if source == "sacct" and _unreachable(words):
+            raise SlurmError(f"sacct failed: {words}")  # not knowing is not the same as "forgotten"
         return {}  # no accounting at all: Slurm has forgotten these jobs
     found = {}
     for line in proc.stdout.splitlines():  # a requeued job has one line per attempt: the last one wins
