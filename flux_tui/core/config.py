@@ -207,7 +207,8 @@ class SlurmSettings(BaseModel):
     def _options(cls, v: list[str]) -> list[str]:
         for i, arg in enumerate(v):
             if not arg.startswith("-") or "\n" in arg:
-                raise ValueError(f'item {i + 1} ({arg!r}) is not an option: write each as "--name" or "--name=value"')
+                hint = 'write each as "--name" or "--name=value"'
+                raise ValueError(f"item {i + 1} ({arg!r}) is not an option: {hint}")
         return v
 
     @property
@@ -653,7 +654,8 @@ def _parse_workspace(col: _Collector, raw: Any, root: Path) -> Workspace | None:
             ok = False
     executor = raw.get("executor", "local")
     if executor not in EXECUTORS:
-        col.add("workspace", 0, "executor", f"expected one of {', '.join(EXECUTORS)}, got {_describe(executor)}")
+        expected = f"expected one of {', '.join(EXECUTORS)}"
+        col.add("workspace", 0, "executor", f"{expected}, got {_describe(executor)}")
         ok = False
     per_gpu = raw.get("runs_per_gpu", 1)
     if not isinstance(per_gpu, int) or isinstance(per_gpu, bool) or per_gpu < 1:
@@ -687,13 +689,13 @@ def _parse_slurm(col: _Collector, raw: Any, workspace: Workspace | None) -> Slur
 
 def _slurm_warnings(col: _Collector, workspace: Workspace) -> None:
     if shutil.which("sbatch") is None:
-        col.add("workspace", 0, "executor", "executor is \"slurm\" but sbatch is not on PATH: runs cannot be "
-                "submitted from here (use a login node of the cluster, or load Slurm, e.g. module load slurm)",
+        col.add("workspace", 0, "executor", 'executor is "slurm" but sbatch is not on PATH: runs cannot be '
+                "submitted from here (use a login node of the cluster, or load Slurm: module load slurm)",
                 "warning")  # fmt: skip
     tmp = next((t for t in ("/tmp", "/var/tmp", "/dev/shm") if workspace.runs_dir.is_relative_to(t)), None)
     if tmp is not None:
-        col.add("workspace", 0, "executor", f"runs are written under {tmp} ({workspace.runs_dir}), which is local "
-                "to each machine: compute nodes will not see them; put the workspace on storage the "
+        col.add("workspace", 0, "executor", f"runs are written under {tmp} ({workspace.runs_dir}), which is "
+                "local to each machine: compute nodes will not see them; put the workspace on storage the "
                 "nodes share (home or project space)", "warning")  # fmt: skip
 
 
