@@ -41,6 +41,25 @@ def test_events_tolerate_a_half_written_last_line(tmp_path: Path) -> None:
     assert list(run.iter_events("step"))[-1]["loss"] == 0.4
 
 
+def test_the_next_writer_ends_a_half_written_line_so_its_first_record_survives(tmp_path: Path) -> None:
+    run = runs.RunDir(tmp_path / "r")
+    run.append_event("step", step=1, loss=0.5)
+    tail = TailReader(run.events_jsonl)
+    assert len(tail.read_lines()) == 1
+    with open(run.events_jsonl, "a") as fh:
+        fh.write('{"type": "step", "step": 2, "lo')  # the writer was killed mid-line
+    assert tail.read_lines() == []  # held back until its newline comes
+    # The next launch, a process of its own, opens the log and writes its first record.
+    code = "import sys; from flux_tui.core.runs import RunDir; RunDir(sys.argv[1]).append_event('stage', stage='prepare')"
+    subprocess.run([sys.executable, "-c", code, str(run.path)], check=True, timeout=60)
+    run.append_event("step", step=1, loss=0.45)
+    assert [e["type"] for e in run.events()] == ["step", "stage", "step"]
+    lines = run.events_jsonl.read_text().split("\n")
+    assert lines[1] == '{"type": "step", "step": 2, "lo' and lines[-1] == ""  # the torn line kept, alone
+    followed = [json.loads(line) for line in tail.read_lines()[1:]]
+    assert [e["type"] for e in followed] == ["stage", "step"]
+
+
 def test_status_merges_and_survives_a_corrupt_file(tmp_path: Path) -> None:
     run = runs.RunDir(tmp_path / "r")
     assert run.status().state == runs.NEW

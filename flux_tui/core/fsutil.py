@@ -1,4 +1,9 @@
-"""Small filesystem helpers shared by every wing: atomic writes and tolerant JSON-lines reads."""
+"""Small filesystem helpers shared by every wing: atomic writes and tolerant JSON-lines reads.
+
+Files are created with the permissions the umask gives (0644 under the usual 022), so teammates on a shared
+server can read runs: `tempfile.mkstemp` makes its files 0600, so `atomic_write_text` sets them back, and
+`follow_umask` does the same for what other libraries write privately (safetensors).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,60 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which races
+    with any thread creating a file meanwhile): from /proc/self/status on Linux >= 4.7, else by setting and
+    restoring it under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_setting()
+
+
+def _umask_by_setting() -> int:
+    with _UMASK_LOCK:  # only our own readers are kept apart: another thread's new file could get 077
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def file_mode(executable: bool = False) -> int:
+    """The mode `open()` would give a new file (or mkdir a new folder, with `executable`): 0o666 or 0o777
+    less the umask."""
+    return (0o777 if executable else 0o666) & ~current_umask()
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, everything under it) the permissions the umask gives new files and
+    folders. For what other libraries write privately: safetensors >= 0.5 and mkdtemp make 0600/0700."""
+    path = Path(path)
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    files, folders = file_mode(), file_mode(executable=True)
+    for p in paths:
+        if not p.is_symlink():
+            p.chmod(folders if p.is_dir() else files)
+
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one."""
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one. The
+    file gets the umask's permissions, like any file `open()` creates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -82,10 +130,21 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record and flush it, so a tailing reader sees whole lines promptly."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=str) + "\n")
+    """Append one record in one write, so a tailing reader sees whole lines promptly. A last line left
+    unterminated (a writer killed mid-line) is ended first, so it cannot swallow this record: the damaged
+    line stays on its own and readers skip it."""
+    line = (json.dumps(record, default=str) + "\n").encode("utf-8")
+    with open(path, "a+b") as fh:  # readable too: the last byte is checked
+        fh.write(_line_break_needed(fh.fileno()) + line)
         fh.flush()
+
+
+def _line_break_needed(fd: int) -> bytes:
+    """A newline when the file behind `fd` ends without one, else nothing (an fstat and a one-byte pread)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return b""
+    return b"" if os.pread(fd, 1, size - 1) == b"\n" else b"\n"
 
 
 class TailReader:
