@@ -7,9 +7,11 @@ Every run of a sweep trains on the same photos and prompt, so the encodes are do
     cache_dir/index.jsonl                 one line per encode actually computed (kind, key, run, time)
 
 Keys hash everything the result depends on: the base model's fingerprint (its files' names, sizes and
-modification times and its configs), the image (its bytes, crop version and resolution, see data.py) or
-the prompt and T5 sequence length, and the dtype the encoder ran in. Files are written to a temporary name
-and renamed, so two runs encoding the same thing at once both leave a whole file.
+modification times and its configs), the image (its key from the photo's bytes, crop version and
+resolution, see data.py; never its file name, so `01.jpg` and `01.png` never share an entry) or the prompt
+and T5 sequence length, and the dtype the encoder ran in. Files are written to a temporary name and
+renamed, so two runs encoding the same thing at once both leave a whole file; an entry that does not load
+whole, with the tensors it should hold, is encoded again.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from flux_tui.core.fsutil import append_jsonl, follow_umask
+
 # The pipeline parts whose files decide what an encode gives.
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+TENSORS = {"latents": ("mean", "std"), "text": ("t5", "pooled")}  # what an entry of each kind holds
 
 
 def model_fingerprint(model_dir: Path, parts: tuple[str, ...] = ENCODER_PARTS) -> str:
@@ -80,12 +85,15 @@ class FeatureCache:
         return self.root / kind / f"{key}.safetensors"
 
     def get(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
+        """The cached tensors, or None when absent or damaged (the caller encodes again)."""
         path = self._path(kind, key)
         if not path.exists():
             return None
         try:
             tensors = load_file(path)
-        except Exception:  # a damaged file (disk full, killed mid-copy): encode again
+        except Exception:  # noqa: BLE001 - a damaged file (disk full, killed mid-copy): encode again
+            return None
+        if not set(TENSORS[kind]) <= tensors.keys() or not all(t.numel() for t in tensors.values()):
             return None
         self._count(kind, reused=True, key=key)
         return tensors
@@ -95,11 +103,11 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        follow_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, path)
         self._count(kind, reused=False, key=key)
-        with open(self.root / "index.jsonl", "a", encoding="utf-8") as fh:
-            record = {"kind": kind, "key": key, "run": self.run_name, "t": round(time.time(), 3), **meta}
-            fh.write(json.dumps(record) + "\n")
+        append_jsonl(self.root / "index.jsonl",
+                     {"kind": kind, "key": key, "run": self.run_name, "t": round(time.time(), 3), **meta})  # fmt: skip
 
     def _count(self, kind: str, reused: bool, key: str) -> None:
         name = f"{kind}_{'reused' if reused else 'encoded'}"

@@ -1,28 +1,31 @@
-"""Training photos: load, orient, crop a square around the face, resize, and keep what was trained on.
+"""Training photos: crop a square around the face, resize, and keep what was trained on.
 
-Each photo is opened with its EXIF orientation applied and converted to RGB. MTCNN finds the face; the crop
-is the largest square inside the photo centred on it as far as the borders allow (a plain centre crop when
-no face is found), resized to the training resolution. Crops are stored in the workspace cache keyed by the
-photo's bytes and the resolution, so a sweep of runs on one data set runs MTCNN once; each run also copies
-its crops into `runs/<name>/data/` so the user sees exactly what was trained on.
+Photos are read by `engine/photos.py` (regular files only, never blocking; EXIF orientation applied; huge
+pictures reduced while decoding; 16-bit by value range); what cannot be used is named in the log and
+skipped. MTCNN finds the face; the crop is the largest square inside the photo centred on it as far as the
+borders allow (a plain centre crop when no face is found), resized to the training resolution.
+Everything that follows from a photo is keyed by its bytes, never its name: the crop in the workspace
+cache (so a sweep of runs on one data set runs MTCNN once), the latents made from it, and the copy in
+`runs/<name>/data/` (`<stem>-<first 8 hex digits of the SHA-256>.png`), which shows what was trained on.
+Two files with the same bytes are one photo: the second is skipped (photos.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from flux_tui.core.fsutil import file_sha256
+from flux_tui.engine.photos import PhotoError, PhotoFile, decode, describe, load_photo, photo_files
 
-# Bump when the cropping changes, so cached crops (and the latents made from them) are not reused.
-CROP_VERSION = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Bump when the cropping or decoding changes, so cached crops (and the latents made from them) are not reused.
+CROP_VERSION = 2
 
 
 class NoImagesError(Exception):
@@ -37,14 +40,9 @@ class TrainImage:
     face_found: bool
 
 
-
-
 def load_rgb(path: Path) -> Image.Image:
-    """The photo upright (EXIF orientation applied) in RGB. Raises OSError/UnidentifiedImageError."""
-    with Image.open(path) as im:
-        im.load()  # decode now: a truncated file fails here, not later
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+    """The photo upright (EXIF orientation applied) in RGB. Raises PhotoError naming what is wrong."""
+    return load_photo(path)
 
 
 def face_square(width: int, height: int, face_box: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
@@ -61,7 +59,11 @@ def face_square(width: int, height: int, face_box: tuple[float, float, float, fl
 
 
 class FaceFinder:
-    """MTCNN, loaded on first use (a data set whose crops are all cached never loads it)."""
+    """MTCNN, loaded on first use (a data set whose crops are all cached never loads it). Faces are looked
+    for on a copy whose longer side is at most DETECT_SIDE (MTCNN's time grows with the pixels: seconds
+    for a phone photo at full size), and the box is scaled back to the photo."""
+
+    DETECT_SIDE = 1280
 
     def __init__(self, device: str = "cpu"):
         self.device = device
@@ -72,23 +74,20 @@ class FaceFinder:
             from facenet_pytorch import MTCNN
 
             self._mtcnn = MTCNN(keep_all=True, device=self.device)
-        boxes, probs = self._mtcnn.detect(im)
+        factor = math.ceil(max(im.size) / self.DETECT_SIDE)
+        small = im.reduce(factor) if factor > 1 else im
+        boxes, probs = self._mtcnn.detect(small)
         if boxes is None or len(boxes) == 0:
             return None
         # The most confident face; ties go to the larger one.
         best = max(range(len(boxes)), key=lambda i: (float(probs[i]), _area(boxes[i])))
-        return tuple(float(v) for v in boxes[best])  # type: ignore[return-value]
+        sx, sy = im.width / small.width, im.height / small.height
+        x0, y0, x1, y1 = (float(v) for v in boxes[best])
+        return x0 * sx, y0 * sy, x1 * sx, y1 * sy
 
 
 def _area(box) -> float:
     return float((box[2] - box[0]) * (box[3] - box[1]))
-
-
-def list_photos(data_dir: Path) -> list[Path]:
-    """Every visible file in the folder, sorted by name (non-images are reported by `prepare_images`)."""
-    if not data_dir.is_dir():
-        raise NoImagesError(f"data_dir {data_dir} is not a folder")
-    return sorted(p for p in data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def prepare_images(
@@ -101,7 +100,7 @@ def prepare_images(
 ) -> list[TrainImage]:
     """Crop every usable photo of `data_dir` to a `resolution` square into `out_dir`. Unusable files are
     named in the log and skipped; raises NoImagesError when none is left."""
-    crops = cache_dir / "crops"
+    crops = Path(cache_dir) / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -109,39 +108,66 @@ def prepare_images(
     finder = FaceFinder(device)
     images: list[TrainImage] = []
     skipped: list[str] = []
-    for src in list_photos(Path(data_dir)):
-        if src.suffix.lower() not in IMAGE_SUFFIXES:
-            log(f"data: skipping {src.name}: not a jpg, png or webp file")
-            skipped.append(src.name)
-            continue
-        try:
-            key = hashlib.sha256(f"{file_sha256(src)}:{CROP_VERSION}:{resolution}".encode()).hexdigest()[:24]
-            cached = crops / f"{key}.png"
-            meta = crops / f"{key}.face"
-            if cached.exists() and meta.exists():
-                face_found = meta.read_text() == "1"
-            else:
-                im = load_rgb(src)
-                box = finder(im)
-                face_found = box is not None
-                square = im.crop(face_square(im.width, im.height, box))
-                square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                _atomic_save(square, cached)
-                _atomic_write(meta, "1" if face_found else "0")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            log(f"data: skipping {src.name}: cannot read it as an image ({type(exc).__name__}: {exc})")
-            skipped.append(src.name)
-            continue
-        dest = out_dir / f"{src.stem}.png"
-        shutil.copyfile(cached, dest)
-        images.append(TrainImage(src.name, key, dest, face_found))
-        log(f"data: {src.name} -> {dest.name} ({'face-centred' if face_found else 'no face found: centre crop'})")
+
+    def skip(name: str, why: str) -> None:
+        log(f"data: skipping {name}: {why}")
+        skipped.append(name)
+
+    try:
+        for photo in photo_files(Path(data_dir), skip):
+            try:
+                key, crop, face_found = _crop(photo, resolution, crops, finder)
+            except PhotoError as exc:
+                skip(photo.name, str(exc))
+                continue
+            dest = out_dir / prepared_name(photo, out_dir)
+            shutil.copyfile(crop, dest)
+            images.append(TrainImage(photo.name, key, dest, face_found))
+            log(f"data: {photo.name} -> {dest.name} ({'face-centred' if face_found else 'no face found: centre crop'})")
+    except PhotoError as exc:
+        raise NoImagesError(f"data_dir: {exc}") from None
     if not images:
         why = f"; skipped {', '.join(skipped)}" if skipped else ""
-        raise NoImagesError(f"no usable training photo in {data_dir} (jpg, png or webp){why}")
+        raise NoImagesError(f"no usable training photo in {data_dir} ({describe()}){why}")
     log(f"data: {len(images)} photo(s) at {resolution}x{resolution} px in {out_dir}"
         + (f", {len(skipped)} skipped" if skipped else ""))  # fmt: skip
     return images
+
+
+def prepared_name(photo: PhotoFile, out_dir: Path) -> str:
+    """The prepared copy's name: the stem for the reader, the content hash so that `01.jpg` and `01.png`
+    (or any two different photos) never share a file."""
+    name = f"{photo.path.stem}-{photo.sha256[:8]}.png"
+    return name if not (out_dir / name).exists() else f"{photo.path.stem}-{photo.sha256}.png"
+
+
+def _crop(photo: PhotoFile, resolution: int, crops: Path, finder: FaceFinder) -> tuple[str, Path, bool]:
+    """(key, the cached square crop, whether a face was found), made now unless the cache holds it whole."""
+    key = hashlib.sha256(f"{photo.sha256}:{CROP_VERSION}:{resolution}".encode()).hexdigest()[:24]
+    cached, meta = crops / f"{key}.png", crops / f"{key}.face"
+    found = _cached_face(cached, meta, resolution)
+    if found is not None:
+        return key, cached, found
+    im = decode(photo.data, min_side=resolution)
+    box = finder(im)
+    square = im.crop(face_square(im.width, im.height, box))
+    square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    _atomic_save(square, cached)
+    _atomic_write(meta, "1" if box is not None else "0")
+    return key, cached, box is not None
+
+
+def _cached_face(cached: Path, meta: Path, resolution: int) -> bool | None:
+    """Whether the cached crop had a face; None when the crop is missing or damaged (make it again)."""
+    try:
+        flag = meta.read_text()
+        with Image.open(cached) as im:
+            im.load()
+            if flag not in ("0", "1") or im.size != (resolution, resolution):
+                return None
+    except Exception:  # noqa: BLE001 - missing, truncated, not an image: all mean "crop again"
+        return None
+    return flag == "1"
 
 
 def _atomic_save(im: Image.Image, dest: Path) -> None:

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from flux_tui.core.fsutil import file_mode, follow_umask
+
 DEMO_NOTICE = (
     "This is a demo workspace: its models have random weights, so samples and scores show how the "
     "dashboard works, not the quality of a fine-tune."
@@ -556,12 +558,13 @@ def build_demo_workspace(root: Path, force: bool = False) -> Path:
     started = time.monotonic()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the workspace is an ordinary folder
+    tmp.chmod(file_mode(executable=True))  # mkdtemp makes it private; the workspace is an ordinary folder
     scratch = Path(tempfile.mkdtemp(prefix="flux-tui-demo-"))
     _say(f"building a demo workspace in {root} (random weights, offline)")
     try:
         with _quiet_progress_bars():
             _write_workspace(tmp, scratch)
+        follow_umask(tmp)  # safetensors writes the models 0600: a shared demo must be readable
         if root.exists() and not force and is_complete(root):
             _say(f"another build finished {root} first; keeping it")  # same seed, same bytes
         elif root.exists():

@@ -15,6 +15,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from flux_tui.core.config import Settings
+from flux_tui.core.fsutil import follow_umask
 
 ADAPTER = "default"
 
@@ -76,4 +77,5 @@ def export_lora(transformer, settings: Settings, out_dir: Path) -> Path:
         transformer_lora_adapter_metadata=metadata,
         safe_serialization=True,
     )
+    follow_umask(out_dir)  # safetensors writes 0600: the LoRA is for teammates too
     return out_dir / "pytorch_lora_weights.safetensors"

@@ -21,23 +21,24 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from flux_tui.core import metrics
 from flux_tui.core.engine_args import score_args
 from flux_tui.core.fsutil import atomic_write_json, file_sha256, read_json
+from flux_tui.engine.photos import PhotoError, PhotoFile, decode, describe, load_photo, photo_files
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 VGGFACE2_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/{VGGFACE2_FILE}"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FACE_SIZE = 160  # MTCNN crop fed to InceptionResnetV1, as in facenet-pytorch's examples and the study
-REFERENCE_VERSION = 1  # bump when the reference computation changes: old cache entries are ignored
+REFERENCE_VERSION = 2  # bump when the reference computation changes: old cache entries are ignored
 BATCH = 16
 OFFLINE_VARS = ("FLUX_TUI_OFFLINE", "HF_HUB_OFFLINE")
 METHOD_NOTE = (
@@ -67,10 +68,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    """An image upright in RGB, read as the training photos are (engine/photos.py). Raises ScoreError."""
+    try:
+        return load_photo(Path(path))
+    except PhotoError as exc:
+        raise ScoreError(f"{path}: {exc}") from None
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # stderr: `score --json` keeps stdout for the JSON
 
 
 # -- face weights -----------------------------------------------------------------------------------
@@ -227,50 +233,86 @@ class ClipScorer:
 class Reference:
     mean: Any  # torch tensor, 512
     photos_dir: str
-    n_photos: int
+    n_photos: int  # photos used: with a face or without
     faces: list[str]
     faceless: list[str]
     key: str
     cached: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was not used
 
     def summary(self) -> dict[str, Any]:
         return {"dir": self.photos_dir, "n_photos": self.n_photos, "n_faces": len(self.faces),
-                "faceless": self.faceless, "key": self.key}  # fmt: skip
+                "faceless": self.faceless, "key": self.key, "skipped": sorted(self.skipped)}  # fmt: skip
 
 
-def reference_key(photos: Sequence[Path], face: FaceEmbedder) -> str:
+def reference_key(photos: Sequence[PhotoFile], face: FaceEmbedder) -> str:
     h = hashlib.sha256(f"v{REFERENCE_VERSION}|{face.weights_sha}|mtcnn{FACE_SIZE}".encode())
     for p in photos:
-        h.update(f"|{p.name}|{file_sha256(p)}".encode())
+        h.update(f"|{p.name}|{p.sha256}".encode())
     return h.hexdigest()[:20]
 
 
-def reference_embedding(photos_dir: Path, face: FaceEmbedder, cache_dir: Path | None = None) -> Reference:
-    """Mean embedding of the faces in `photos_dir`, cached under cache_dir/face-reference/ by the photos'
-    bytes and the weights (11 runs on one dataset embed it once)."""
+def reference_embedding(
+    photos_dir: Path, face: FaceEmbedder, cache_dir: Path | None = None, log: Callable[[str], None] = _say
+) -> Reference:
+    """Mean embedding of the faces in the photos of `photos_dir`, cached under cache_dir/face-reference/ by
+    the photos' bytes and the weights (11 runs on one dataset embed it once). Photos are read as for
+    training: what cannot be used is named in the log and left out."""
     import torch
 
-    photos = list_images(photos_dir)
-    if not photos:
-        raise ScoreError(f"reference folder {photos_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    key = reference_key(photos, face)
+    skipped: dict[str, str] = {}
+
+    def skip(name: str, why: str) -> None:
+        log(f"score: reference: skipping {name}: {why}")
+        skipped[name] = why
+
+    try:
+        files = list(photo_files(Path(photos_dir), skip))
+    except PhotoError as exc:
+        raise ScoreError(f"reference folder: {exc}") from None
+    if not files:
+        raise ScoreError(f"reference folder {photos_dir} holds no usable photo ({describe()})" + _listed(skipped))
+    key = reference_key(files, face)
     cache_file = Path(cache_dir) / "face-reference" / f"{key}.json" if cache_dir else None
-    if cache_file is not None:
-        data = read_json(cache_file)
-        if isinstance(data, dict) and data.get("key") == key:
-            return Reference(torch.tensor(data["mean"]), str(photos_dir), data["n_photos"], data["faces"],
-                             data["faceless"], key, cached=True)  # fmt: skip
-    embs = face.embed([load_image(p) for p in photos])
-    faces = [p.name for p, e in zip(photos, embs, strict=True) if e is not None]
-    faceless = [p.name for p, e in zip(photos, embs, strict=True) if e is None]
+    data = read_json(cache_file) if cache_file is not None else None
+    if isinstance(data, dict) and data.get("key") == key:
+        for name, why in (data.get("undecodable") or {}).items():
+            skip(name, why)
+        return Reference(torch.tensor(data["mean"]), str(photos_dir), data["n_photos"], data["faces"],
+                         data["faceless"], key, cached=True, skipped=skipped)  # fmt: skip
+    listed = dict(skipped)
+    embs = _embed_photos(files, face, skip)
+    faces = [name for name, e in embs.items() if e is not None]
+    if not embs:
+        raise ScoreError(f"reference folder {photos_dir} holds no usable photo ({describe()})" + _listed(skipped))
     if not faces:
-        raise ScoreError(f"MTCNN found no face in any of the {len(photos)} reference photos in {photos_dir}")
-    mean = torch.stack([e for e in embs if e is not None]).mean(0)
-    ref = Reference(mean, str(photos_dir), len(photos), faces, faceless, key)
+        raise ScoreError(f"MTCNN found no face in any of the {len(embs)} usable reference photos in {photos_dir}"
+                         + _listed(skipped))  # fmt: skip
+    mean = torch.stack([e for e in embs.values() if e is not None]).mean(0)
+    ref = Reference(mean, str(photos_dir), len(embs), faces, [n for n, e in embs.items() if e is None], key,
+                    skipped=skipped)  # fmt: skip
     if cache_file is not None:
+        undecodable = {k: v for k, v in skipped.items() if k not in listed}
         atomic_write_json(cache_file, {**ref.summary(), "faces": faces, "mean": mean.tolist(),
-                                       "weights": str(face.weights)})  # fmt: skip
+                                       "weights": str(face.weights), "undecodable": undecodable})  # fmt: skip
     return ref
+
+
+def _embed_photos(files: Sequence[PhotoFile], face: FaceEmbedder, skip: Callable[[str, str], None]) -> dict[str, Any]:
+    """Each decodable photo's face embedding (None: no face), one photo in memory at a time."""
+    embs: dict[str, Any] = {}
+    for f in files:
+        try:
+            im = decode(f.data)
+        except PhotoError as exc:
+            skip(f.name, str(exc))
+            continue
+        embs[f.name] = face.embed([im])[0]
+    return embs
+
+
+def _listed(skipped: dict[str, str]) -> str:
+    return f"; skipped {', '.join(skipped)}" if skipped else ""
 
 
 # -- scoring ----------------------------------------------------------------------------------------
