@@ -89,3 +89,57 @@ def test_int8_base_trains_a_full_precision_lora_on_the_cpu(demo_workspace: Path)
     )[0]  # fmt: skip
     out.float().pow(2).mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def _save_checkpoints(run_path: Path, steps: list[int]):
+    """Real checkpoints of a one-parameter model trained a step between saves."""
+    import torch
+
+    from flux_tui.core.runs import RunDir
+    from flux_tui.engine import checkpoint
+
+    run = RunDir(run_path)
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([param], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for step in steps:
+        param.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+        checkpoint.save(run, step, 10, {"w": param.detach().clone()}, opt, sched, torch.Generator(), keep=5)
+    return run
+
+
+@pytest.mark.parametrize("part", ["lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"])
+def test_a_checkpoint_with_any_part_cut_short_is_set_aside_and_the_one_before_resumed(tmp_path: Path,
+                                                                                      part: str) -> None:  # fmt: skip
+    from flux_tui.engine import checkpoint
+
+    run = _save_checkpoints(tmp_path / "run", [2, 4])
+    cut = run.checkpoints_dir / "checkpoint-4" / part
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    damaged = cut.read_bytes()
+    (run.checkpoints_dir / ".checkpoint-6.999.tmp").mkdir()  # a save killed mid-write
+    lines: list[str] = []
+    applied: list[int] = []
+    restored = checkpoint.resume(run, lambda r: applied.append(r.step), lines.append)
+    assert restored is not None and restored.step == 2 and applied == [2]
+    assert [p.name for p in run.checkpoints()] == ["checkpoint-2"]
+    [aside] = run.checkpoints_dir.glob("checkpoint-4.broken-*")
+    assert (aside / part).read_bytes() == damaged  # kept as it was, for the user to look at
+    assert any("WARNING: checkpoint-4 is damaged" in line and aside.name in line for line in lines), lines
+    assert not (run.checkpoints_dir / ".checkpoint-6.999.tmp").exists()
+
+
+def test_a_checkpoint_that_does_not_apply_is_set_aside_and_with_none_left_training_starts_over(tmp_path: Path) -> None:
+    from flux_tui.engine import checkpoint
+
+    run = _save_checkpoints(tmp_path / "run", [2, 4])
+
+    def refuse(restored) -> None:
+        raise ValueError(f"checkpoint holds LoRA weights this model does not have (step {restored.step})")
+
+    lines: list[str] = []
+    assert checkpoint.resume(run, refuse, lines.append) is None
+    assert run.checkpoints() == [] and len(list(run.checkpoints_dir.glob("checkpoint-*.broken-*"))) == 2
+    assert lines[-1] == "train: WARNING: no checkpoint could be restored; training starts again from step 0"

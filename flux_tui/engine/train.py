@@ -249,18 +249,11 @@ class Trainer:
             num_training_steps=s.max_train_steps,
         )  # fmt: skip
 
-        resume = checkpoint.latest_valid(self.run)
-        if resume is not None:
-            restored = checkpoint.load(resume)
-            lora.load_lora_state(self.transformer, restored.lora)
-            for p in self.params:
-                p.data = p.data.float()
-            self.optimizer.load_state_dict(restored.optimizer)
-            self.lr_scheduler.load_state_dict(restored.scheduler)
-            checkpoint.set_rng_state(restored.rng, self.gen)
+        restored = checkpoint.resume(self.run, self._restore, log)  # damaged ones are set aside, logged
+        if restored is not None:
             self.step = restored.step
-            log(f"train: resuming from {resume.name} (step {self.step} of {s.max_train_steps})")
-            self.run.append_event("resume", step=self.step, path=str(resume))
+            log(f"train: resuming from {restored.path.name} (step {self.step} of {s.max_train_steps})")
+            self.run.append_event("resume", step=self.step, path=str(restored.path))
 
         self.transformer, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             self.transformer, self.optimizer, self.lr_scheduler
@@ -270,6 +263,16 @@ class Trainer:
         self.vae_shift = vae_config.get("shift_factor") or 0.0
         self.vae_scaling = vae_config.get("scaling_factor", 1.0)
         self.vae_scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+    def _restore(self, restored) -> None:
+        from flux_tui.engine import checkpoint, lora
+
+        lora.load_lora_state(self.transformer, restored.lora)
+        for p in self.params:
+            p.data = p.data.float()
+        self.optimizer.load_state_dict(restored.optimizer)
+        self.lr_scheduler.load_state_dict(restored.scheduler)
+        checkpoint.set_rng_state(restored.rng, self.gen)
 
     def _optimizer(self):
         torch, s = self.torch, self.s
