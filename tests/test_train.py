@@ -165,7 +165,8 @@ def test_a_run_trains_and_leaves_its_folder_complete(base: RunDir) -> None:
     status = base.status()
     assert (status.state, status.exit_code, status.device) == (DONE, 0, "cpu")
     assert base.lora_file.exists()
-    assert sorted(p.name for p in base.data_dir.iterdir()) == [f"0{i}.png" for i in range(1, 7)]
+    # Prepared images are named by stem and content hash: data/01-1a2b3c4d.png for photos/01.jpg.
+    assert sorted(p.name.split("-")[0] for p in base.data_dir.iterdir()) == [f"0{i}" for i in range(1, 7)]
     steps = list(base.iter_events("step"))
     assert [e["step"] for e in steps] == list(range(1, 11))
     assert all({"loss", "lr", "sec_per_step", "eta_s", "total"} <= e.keys() for e in steps)
@@ -266,7 +267,7 @@ def test_unreadable_files_are_named_and_skipped(overfit: RunDir) -> None:
     log = overfit.train_log.read_text()
     assert "skipping broken.jpg: cannot read it as an image" in log
     assert "skipping notes.txt: not a jpg, png or webp file" in log
-    assert [p.name for p in overfit.data_dir.iterdir()] == ["01.png"]
+    assert [p.name[:3] for p in overfit.data_dir.iterdir()] == ["01-"]
 
 
 def test_no_usable_photo_fails_with_a_message_that_says_so(tmp_path: Path) -> None:
