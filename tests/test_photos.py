@@ -160,6 +160,19 @@ def test_a_damaged_cached_crop_is_made_again(tmp_path: Path, demo_workspace: Pat
     assert np.array_equal(np.asarray(Image.open(again.path)), expected)
 
 
+def test_a_truncated_jpeg_is_refused_even_where_a_library_lets_pillow_load_it(
+    tmp_path: Path, demo_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import ImageFile
+
+    _truncated(demo_workspace / "photos" / "01.jpg", tmp_path / "cut.jpg")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what some libraries do at import
+    Image.open(tmp_path / "cut.jpg").load()  # Pillow alone: half a photo, grey below
+    with pytest.raises(photos.PhotoError, match="image file is truncated"):
+        photos.load_photo(tmp_path / "cut.jpg")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the library's choice is back
+
+
 def test_a_16_bit_png_is_scaled_by_its_range_not_clipped_white(tmp_path: Path, demo_workspace: Path) -> None:
     grey = np.asarray(Image.open(demo_workspace / "photos" / "01.jpg").convert("L"), dtype=np.uint16)
     deep = grey * 257  # the same picture at 16 bits: 0..65535

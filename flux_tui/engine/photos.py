@@ -16,6 +16,7 @@ scores), so a file is used or skipped the same way everywhere, with the reason i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Pillow refuses more than twice its MAX_IMAGE_PIXELS (2 x 89.5 Mpx by default) as a decompression bomb;
@@ -42,7 +43,7 @@ _TRANSPOSE = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }  # fmt: skip
-_PILLOW_LIMIT = threading.Lock()
+_PILLOW_SETTINGS = threading.Lock()
 
 
 class PhotoError(Exception):
@@ -103,7 +104,9 @@ def _not_a_photo_file(path: Path, suffixes: tuple[str, ...]) -> str | None:
         if exc.errno == errno.ELOOP:
             return "a symlink loop"
         if exc.errno == errno.ENOENT and os.path.islink(path):
-            return f"a dangling link (to {os.readlink(path)}, which does not exist)"
+            with contextlib.suppress(OSError):
+                return f"a dangling link (to {os.readlink(path)}, which does not exist)"
+            return "a dangling link"
         return f"cannot read it ({exc.strerror or exc})"
     kind = _kind(st.st_mode)
     if kind:
@@ -170,7 +173,7 @@ def decode(data: bytes, min_side: int = 1024) -> Image.Image:
     """The picture in `data` upright (EXIF orientation applied), in RGB, reduced to at most WORK_PIXELS
     while keeping its short side at least `min_side` where it had that. Raises PhotoError."""
     try:
-        with _pillow_limit_lifted():
+        with _pillow_settings():
             src = Image.open(io.BytesIO(data))  # not closed: an in-memory file; `im` may be `src` itself
             orientation = _orientation(src)
             im = _flatten(_to_8bit(_load_reduced(src, min_side)))
@@ -187,17 +190,18 @@ def decode(data: bytes, min_side: int = 1024) -> Image.Image:
 
 
 @contextmanager
-def _pillow_limit_lifted() -> Iterator[None]:
+def _pillow_settings() -> Iterator[None]:
     """Pillow's decompression-bomb check off while decoding: `decode` enforces DECODE_LIMIT itself, after
-    reading the size, and can then decode a large JPEG at reduced scale instead of failing. The setting
-    is process-wide, so decodes here take turns."""
-    with _PILLOW_LIMIT:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+    reading the size, and can then decode a large JPEG at reduced scale instead of failing. Truncated files
+    refused even where a library switched LOAD_TRUNCATED_IMAGES on (half a photo would train as grey).
+    Both settings are process-wide, so decodes here take turns."""
+    with _PILLOW_SETTINGS:
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
         try:
             yield
         finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _orientation(im: Image.Image) -> int:
