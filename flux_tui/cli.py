@@ -248,3 +248,103 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     opts = to_flags(args, "experiments", "real_name", "force", "batch_size", "device")
     return run_engine("ablation", args.file, *opts)
+
+
+# -- the queue, headless: submit, status, stop (the same queue as the dashboard's) -------------------
+
+
+def _names_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to {what}")
+    p.add_argument("--all", action="store_true", help=f"{what} every experiment of the file")
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help=FILE_HELP)
+
+
+def _scheduler(args: argparse.Namespace, verb: str):
+    """The study and its scheduler, or None (after saying why) when the file or the NAMEs are wrong."""
+    from flux_tui.core.scheduler import Scheduler
+    from flux_tui.core.telemetry import Telemetry
+
+    if verb and bool(args.names) == args.all:
+        print(f"flux-tui {verb}: give experiment NAMEs or --all (not both)", file=sys.stderr)
+        return None
+    study = load_or_report(args.file)
+    if study is None:
+        return None
+    unknown = [n for n in getattr(args, "names", []) if n not in study.names]
+    if unknown:
+        print(f"{args.file}: no experiment named {', '.join(unknown)} (have: {', '.join(study.names)})",
+              file=sys.stderr)  # fmt: skip
+        return None
+    return Scheduler(study, gpus=Telemetry().gpus)
+
+
+@command("submit", "Queue runs and return at once; they start as slots free, with or without a dashboard.",
+         lambda p: _names_args(p, "queue"))  # fmt: skip
+def cmd_submit(args: argparse.Namespace) -> int:
+    scheduler = _scheduler(args, "submit")
+    if scheduler is None:
+        return EXIT_USAGE
+    outcomes = scheduler.queue_all() if args.all else scheduler.enqueue(args.names)
+    started = set(scheduler.tick())
+    for o in outcomes:
+        st = scheduler.run(o.name).status()
+        if o.ok and o.name in started:
+            print(f"{o.name} started on {st.device} (pid {st.pid})")
+        elif o.ok:
+            print(f"{o.message}: waits for a free slot" if st.state == "queued" else f"{o.name}: {st.state}")
+        else:
+            print(f"not queued: {o.message}", file=sys.stderr)
+    if not outcomes:
+        print("nothing to queue: every run is done, running or queued")
+    print(f"runs in {scheduler.runs_dir} (logs: <name>/train.log); follow with `flux-tui status -f {args.file}`"
+          " or the dashboard")  # fmt: skip
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAIL
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help=FILE_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON record per run, for scripts")
+
+
+@command("status", "Every run's state, stage, step, device, pid or job id and scores.", _status_args)
+def cmd_status(args: argparse.Namespace) -> int:
+    from flux_tui.core import status_table
+
+    scheduler = _scheduler(args, "")
+    if scheduler is None:
+        return EXIT_USAGE
+    statuses = scheduler.reconcile()
+    table = status_table.rows(scheduler.study, statuses, scheduler.queue(statuses))
+    if args.json:
+        sys.stdout.write(status_table.to_json(table))
+    else:
+        sys.stdout.write(status_table.to_text(table))
+        print(f"\n{status_table.summary(table)} · runs in {scheduler.runs_dir}")
+    return EXIT_OK
+
+
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    _names_args(p, "stop")
+    p.add_argument("--kill", action="store_true",
+                   help="SIGKILL instead of SIGTERM (work since the last checkpoint is lost)")  # fmt: skip
+
+
+@command("stop", "Stop runs (SIGTERM: a checkpoint, then `cancelled`; --kill: SIGKILL) or take them off the queue.",
+         _stop_args)  # fmt: skip
+def cmd_stop(args: argparse.Namespace) -> int:
+    from flux_tui.core.runs import QUEUED, RUNNING
+
+    scheduler = _scheduler(args, "stop")
+    if scheduler is None:
+        return EXIT_USAGE
+    if args.all:
+        statuses = scheduler.reconcile()
+        names = [n for n, st in statuses.items() if st.state in (RUNNING, QUEUED)]
+        if not names:
+            print("nothing to stop: no run is running or queued")
+    else:
+        names = args.names
+    outcomes = [scheduler.stop(name, kill=args.kill) for name in names]
+    for o in outcomes:
+        print(o.message, file=sys.stdout if o.ok else sys.stderr)
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAIL

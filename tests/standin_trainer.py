@@ -1,5 +1,5 @@
 """A stand-in for `python -m flux_tui.engine.train RUN_DIR` in the scheduler's tests: the same folder
-protocol (status, step events, SIGTERM -> cancelled) in a second instead of half a minute of model loading.
+protocol (status, step events, SIGTERM/SIGINT/SIGHUP -> cancelled) in a second instead of half a minute of model loading.
 
     python tests/standin_trainer.py RUN_DIR      STANDIN_STEPS (default 20), STANDIN_SLEEP (default 0.05)
 
@@ -30,17 +30,19 @@ def main() -> int:
     if os.environ.get("STANDIN_LAUNCHES"):
         with open(os.environ["STANDIN_LAUNCHES"], "a") as fh:
             fh.write(f"{run.name} {os.getpid()}\n")
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the trainer's stop signals
+        signal.signal(sig, lambda signum, _: stop.append(signum))
     status = run.status()
     run.mark_started("train", device=status.device)
     start = len(list(run.iter_events("step")))
     for step in range(start + 1, steps + 1):
         if stop:
             run.append_event("checkpoint", step=step - 1, path="checkpoints/checkpoint-x")
-            run.mark_finished(CANCELLED, f"stopped by SIGTERM at step {step - 1}", 0)
+            name = signal.Signals(stop[0]).name
+            run.mark_finished(CANCELLED, f"stopped by {name} at step {step - 1}", 128 + stop[0])
             print(f"cancelled at step {step - 1}", flush=True)
-            return 0
+            return 128 + stop[0]
         time.sleep(pause)
         run.append_event(
             "step", step=step, total=steps, loss=1.0 / step, lr=1e-4, sec_per_step=pause, eta_s=0.0

@@ -1,24 +1,30 @@
-"""The on-disk queue: order, per-device limits, placement, stopping, and two dashboards on one workspace.
+"""The on-disk queue: order, per-device limits, placement, stopping, the queue advancing through the runs'
+supervisors with nobody else looking, and two schedulers on one workspace.
 
-Processes are real (own session, output to train.log, launched by `launch.start`); only the command is
-swapped for tests/standin_trainer.py, which speaks the trainer's folder protocol in a second. The real
-trainer drives the same paths in test_tui_e2e.py."""
+Processes are real (a supervisor and a trainer, each in its own session, output to train.log, launched by
+`launch.start`); only the trainer is swapped for tests/standin_trainer.py (launch's FLUX_TUI_TRAINER switch,
+inherited by the supervisors), which speaks the trainer's folder protocol in a second. The real trainer drives
+the same paths in test_sweep_e2e.py and test_tui_e2e.py."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from tui_helpers import make_study, write_run
 
-from flux_tui.core import launch
-from flux_tui.core.runs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunDir
-from flux_tui.core.scheduler import CPU, Scheduler, choose_device, device_env
+from flux_tui.core import launch, procs
+from flux_tui.core.fsutil import file_lock
+from flux_tui.core.local_executor import CPU, choose_device, device_env
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, NEW, QUEUED, RUNNING, RunDir
+from flux_tui.core.scheduler import Scheduler
 from flux_tui.core.telemetry import GiB, GpuStat
 
 STANDIN = Path(__file__).with_name("standin_trainer.py").resolve()
@@ -26,11 +32,9 @@ STANDIN = Path(__file__).with_name("standin_trainer.py").resolve()
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """launch.start runs the stand-in trainer; returns the file where every launch is recorded."""
+    """Runs start the stand-in trainer; returns the file where every launch is recorded."""
     launches = tmp_path / "launches.txt"
-    monkeypatch.setattr(
-        launch, "engine_command", lambda run, *extra: [sys.executable, "-u", str(STANDIN), str(run.path)]
-    )
+    monkeypatch.setenv(launch.TRAINER_ENV, str(STANDIN))
     monkeypatch.setenv("STANDIN_LAUNCHES", str(launches))
     monkeypatch.setenv("STANDIN_STEPS", "20")
     monkeypatch.setenv("STANDIN_SLEEP", "0.05")
@@ -45,6 +49,32 @@ def wait_for(pred, timeout: float = 20.0, every: float = 0.05):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {pred}")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_runs(tmp_path: Path):
+    """Whatever a test leaves queued or running is taken off the queue first (so no supervisor starts it),
+    then killed by its recorded process group."""
+    yield
+    runs_dir = tmp_path / "runs"
+    if not runs_dir.is_dir():
+        return
+    folders = [RunDir(d) for d in runs_dir.iterdir() if (d / "run.json").exists()]
+    with file_lock(runs_dir / ".queue.lock"):
+        for run in folders:
+            if run.status().state == QUEUED:
+                run.write_status(state=NEW)
+    for run in folders:
+        st = run.status()
+        if st.state == RUNNING and procs.is_alive(st.pid, st.process_start):
+            procs.signal_group(st.pgid, st.pid, signal.SIGKILL)
+
+
+def trainer_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, code: str) -> None:
+    """Runs start `code` (a Python script, run in the run's folder) as their trainer."""
+    script = tmp_path / "trainer.py"
+    script.write_text(code)
+    monkeypatch.setenv(launch.TRAINER_ENV, str(script))
 
 
 def gpu(i: int, free_gib: float, total_gib: float = 80) -> GpuStat:
@@ -114,14 +144,17 @@ def test_a_done_run_is_not_queued_again(tmp_path: Path) -> None:
     assert not out.ok and "done" in out.message
 
 
-def test_taking_a_queued_run_off_the_queue(tmp_path: Path) -> None:
+def test_taking_a_queued_run_off_the_queue_puts_it_back_where_it_was(tmp_path: Path) -> None:
     study = make_study(tmp_path)
+    write_run(study, "exp03", "cancelled", upto=5)
     s = Scheduler(study)
-    s.enqueue(["exp01", "exp02"])
+    s.enqueue(["exp01", "exp02", "exp03"])
     out = s.stop("exp01")
-    assert out.ok
+    assert out.ok and "back to new" in out.message
     st = s.run("exp01").status()
-    assert st.state == CANCELLED and "off the queue" in st.message
+    assert st.state == NEW and "off the queue" in st.message  # it never ran: not `cancelled`
+    assert s.stop("exp03").ok
+    assert s.run("exp03").status().state == CANCELLED  # it had run: back to how it stopped, resumable
     assert s.queue() == ["exp02"]
 
 
@@ -139,15 +172,22 @@ def test_tick_fills_the_cpu_slots_in_queue_order_then_the_rest_follow(tmp_path: 
         assert os.getpgid(st.pid) == st.pid  # its own session and process group
     assert s.run("exp03").status().state == QUEUED
     assert s.tick() == []  # both slots busy
-    wait_for(lambda: s.run("exp04").status().state == DONE and s.run("exp02").status().state == DONE)
-    assert s.tick() == ["exp03"]
+    # Nobody ticks from here on: the supervisor of the first run to end starts exp03.
     wait_for(lambda: s.run("exp03").status().state == DONE)
+    assert all(s.run(n).status().state == DONE for n in ("exp04", "exp02"))
     started = standin.read_text().split()[::2]  # the first two run at once: either may write first
     assert sorted(started[:2]) == ["exp02", "exp04"] and started[2:] == ["exp03"]
-    assert "step 20/20" in s.run("exp03").train_log.read_text()
+    log = wait_for(lambda: "ended: done" in (text := s.run("exp03").train_log.read_text()) and text)
+    assert "step 20/20" in log  # the trainer's output and its supervisor's, in one log
+    assert "started the next queued run(s): exp03" in (
+        s.run("exp04").train_log.read_text() + s.run("exp02").train_log.read_text()
+    )
 
 
-def test_runs_are_placed_on_gpus_through_cuda_visible_devices(tmp_path: Path, standin: Path) -> None:
+def test_runs_are_placed_on_gpus_through_cuda_visible_devices(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("STANDIN_SLEEP", "1")  # still running when the test looks (its supervisor sees no GPU)
     study = make_study(tmp_path)
     # No GPU here: the GPU list is given, as telemetry would read it on a two-GPU server.
     s = Scheduler(study, gpus=lambda: [gpu(0, 20), gpu(1, 60)])
@@ -195,11 +235,10 @@ def test_sigterm_lets_the_run_checkpoint_and_end_cancelled(
 
 def test_sigkill_stops_a_run_that_ignores_sigterm_and_marks_it_cancelled(tmp_path: Path, monkeypatch) -> None:
     # A process that ignores SIGTERM, as a trainer stuck in a long step would seem to.
-    stubborn = (
+    trainer_script(monkeypatch, tmp_path, (
         "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
         "pathlib.Path('ready').touch(); time.sleep(60)"
-    )
-    monkeypatch.setattr(launch, "engine_command", lambda run, *extra: [sys.executable, "-c", stubborn])
+    ))  # fmt: skip
     study = make_study(tmp_path)
     s = Scheduler(study)
     s.submit("exp01")
@@ -211,7 +250,8 @@ def test_sigkill_stops_a_run_that_ignores_sigterm_and_marks_it_cancelled(tmp_pat
     out = s.stop("exp01", kill=True)
     assert out.ok and "SIGKILL" in out.message
     st = s.run("exp01").status()
-    assert st.state == CANCELLED and "SIGKILL" in st.message
+    assert st.state == CANCELLED and "SIGKILL" in st.message and "on request" in st.message
+    assert st.exit_code == 128 + signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -241,9 +281,8 @@ def test_a_run_whose_process_vanished_is_failed_on_reconcile(tmp_path: Path) -> 
 TWO_DASHBOARDS = """
 import sys, time
 from pathlib import Path
-from flux_tui.core import config, launch
+from flux_tui.core import config
 from flux_tui.core.scheduler import Scheduler
-launch.engine_command = lambda run, *extra: [sys.executable, "-u", {standin!r}, str(run.path)]
 s = Scheduler(config.load(Path({file!r})))
 deadline = time.monotonic() + 12
 while time.monotonic() < deadline and (s.queue() or s.running()):
@@ -258,7 +297,7 @@ def test_two_dashboards_never_launch_a_run_twice_nor_overfill_the_cpu(
     monkeypatch.setenv("STANDIN_STEPS", "5")
     study = make_study(tmp_path, runs_per_gpu=2)
     Scheduler(study).queue_all()
-    code = TWO_DASHBOARDS.format(standin=str(STANDIN), file=str(study.file))
+    code = TWO_DASHBOARDS.format(file=str(study.file))
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     # While they race, never more than two runs at once.
     peak = 0
@@ -276,12 +315,11 @@ def test_two_dashboards_never_launch_a_run_twice_nor_overfill_the_cpu(
 
 def test_a_stop_reaches_the_whole_process_group(tmp_path: Path, monkeypatch) -> None:
     # The run's process starts a child (a data loader, a helper): SIGTERM reaches it too.
-    family = (
+    trainer_script(monkeypatch, tmp_path, (
         "import subprocess, sys, time, pathlib;"
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
         "pathlib.Path('child.pid').write_text(str(c.pid)); time.sleep(60)"
-    )
-    monkeypatch.setattr(launch, "engine_command", lambda run, *extra: [sys.executable, "-c", family])
+    ))  # fmt: skip
     study = make_study(tmp_path)
     s = Scheduler(study)
     s.submit("exp01")
@@ -300,8 +338,88 @@ def test_a_stop_reaches_the_whole_process_group(tmp_path: Path, monkeypatch) -> 
 
     wait_for(gone, timeout=5)
 
-    def reconciled() -> bool:  # the run's own process may outlive its child by a moment
-        s.reconcile()
-        return s.run("exp01").status().state == FAILED
+    # It had no handler, so SIGTERM ended it before any checkpoint; its supervisor says so.
+    st = wait_for(lambda: (st := s.run("exp01").status()).state == CANCELLED and st, timeout=10)
+    assert "stopped by SIGTERM before it could save a checkpoint" in st.message
 
-    wait_for(reconciled, timeout=10)  # it had no handler: the vanished run is failed
+
+# -- the supervisor: the run's real end, and the queue advancing with nobody else looking ----------------
+
+
+def supervisor_of(run: RunDir) -> psutil.Process:
+    """The run's supervisor: the parent of its trainer, in a session of its own."""
+    trainer = psutil.Process(run.status().pid)
+    parent = trainer.parent()
+    assert parent is not None and "flux_tui.core.supervisor" in " ".join(parent.cmdline())
+    assert os.getsid(parent.pid) == parent.pid and os.getsid(trainer.pid) == trainer.pid  # two sessions
+    return parent
+
+
+def test_a_sigkilled_trainer_is_failed_naming_the_signal_and_the_next_run_starts(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("STANDIN_SLEEP", "0.5")
+    study = make_study(tmp_path)
+    s = Scheduler(study)
+    s.enqueue(["exp01", "exp02"])
+    assert s.tick() == ["exp01"]
+    run = s.run("exp01")
+    wait_for(lambda: list(run.iter_events("step")))
+    os.kill(run.status().pid, signal.SIGKILL)  # as the kernel's out-of-memory killer does: no word from it
+    st = wait_for(lambda: (st := run.status()).state == FAILED and st, timeout=10)
+    assert "killed by SIGKILL" in st.message and "out-of-memory killer" in st.message
+    assert st.exit_code == 128 + signal.SIGKILL and st.log_tail  # the last lines it printed
+    wait_for(lambda: s.run("exp02").status().state == RUNNING, timeout=20)  # nobody but its supervisor ticked
+
+
+def test_the_next_run_starts_with_the_settings_the_file_has_when_it_starts(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("STANDIN_SLEEP", "0.2")
+    study = make_study(tmp_path)
+    s = Scheduler(study)
+    s.enqueue(["exp01", "exp02"])
+    assert s.tick() == ["exp01"]
+    assert s.run("exp02").config()["learning_rate"] == 1e-4  # as queued
+    text = study.file.read_text()
+    study.file.write_text(text.replace('name = "exp02"\ngroup = "Extreme parameters"\nlearning_rate = 1e-4',
+                                       'name = "exp02"\ngroup = "Extreme parameters"\nlearning_rate = 3e-4'))  # fmt: skip
+    wait_for(lambda: s.run("exp02").status().state in (RUNNING, DONE))
+    assert s.run("exp02").config()["learning_rate"] == 3e-4  # its supervisor read the file afresh
+
+
+def test_while_the_file_is_broken_queued_runs_wait_and_say_why(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    study = make_study(tmp_path)
+    s = Scheduler(study)
+    s.enqueue(["exp01"])
+    good = study.file.read_text()
+    study.file.write_text(good.replace("lora_rank = 8", "lora_rank = 0"))
+    assert s.tick() == []
+    st = s.run("exp01").status()
+    assert st.state == QUEUED and "experiments.toml cannot be used" in st.message and "lora_rank" in st.message
+    study.file.write_text(good)
+    assert s.tick() == ["exp01"]
+
+
+def test_the_supervisor_ignores_sighup_and_passes_sigterm_to_its_trainer(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("STANDIN_SLEEP", "0.2")
+    study = make_study(tmp_path)
+    s = Scheduler(study)
+    s.submit("exp01")
+    run = s.run("exp01")
+    wait_for(lambda: list(run.iter_events("step")))
+    sup = supervisor_of(run)
+    # No torch in the supervisor: it is a small process whatever the trainer loads.
+    assert "torch" not in Path(f"/proc/{sup.pid}/maps").read_text()
+    sup.send_signal(signal.SIGHUP)  # a hangup (it has no terminal, but a user may send one)
+    steps = len(list(run.iter_events("step")))
+    wait_for(lambda: len(list(run.iter_events("step"))) > steps + 2)
+    assert sup.is_running() and run.status().state == RUNNING
+    sup.send_signal(signal.SIGTERM)  # `kill <supervisor>`: the run stops as a stop would stop it
+    st = wait_for(lambda: (st := run.status()).state == CANCELLED and st, timeout=10)
+    assert "stopped by SIGTERM" in st.message
+    assert sup.wait(10) == 128 + signal.SIGTERM  # it exits with its trainer's code

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 from tui_helpers import FixedTelemetry, make_study, populated_study, sleeper, until, write_run
 
-from flux_tui.core.runs import CANCELLED, QUEUED, RunDir
+from flux_tui.core.runs import NEW, QUEUED, RunDir
 from flux_tui.tui.app import FluxApp
 from flux_tui.tui.screens.detail import ImageScreen, RunDetailScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
@@ -167,15 +167,15 @@ async def test_gauges_on_a_gpu_server_show_each_gpu_and_each_runs_memory(workspa
         assert f"exp03 pid {proc.pid} 21.0 GiB" in text
 
 
-async def test_x_takes_a_queued_run_off_the_queue(workspace) -> None:
+async def test_x_takes_a_queued_run_off_the_queue_back_to_new(workspace) -> None:
     study, _ = workspace
     app = fast_app(study)
     async with app.run_test(size=SIZE) as pilot:
         await app.ready.wait()
         matrix(app).select("exp04")
         await pilot.press("x")
-        await until(pilot, lambda: cell(app, "exp04", "state") == "cancelled")
-        assert RunDir(study.workspace.runs_dir / "exp04").status().state == CANCELLED
+        await until(pilot, lambda: cell(app, "exp04", "state") == "new")  # it never ran: not cancelled
+        assert RunDir(study.workspace.runs_dir / "exp04").status().state == NEW
 
 
 async def test_x_sends_sigterm_then_a_second_x_offers_sigkill(tmp_path: Path) -> None:
@@ -264,7 +264,7 @@ async def test_help_lists_the_keys_and_q_quits_saying_runs_keep_going(workspace)
         await pilot.pause()
     farewell = app.farewell()
     assert "1 run(s) keep going in the background: exp03" in farewell
-    assert "exp04" in farewell and "wait for a dashboard" in farewell
+    assert "1 queued run(s) will start as slots free, with no dashboard open: exp04" in farewell
 
 
 async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail(workspace) -> None:

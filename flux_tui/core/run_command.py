@@ -1,9 +1,12 @@
 """`flux-tui run`: experiments one after another in the foreground, with a one-line progress per run.
 
-Each run is the same process the dashboard starts (`python -m flux_tui.engine.train RUN_DIR`), but in this
-terminal's process group: Ctrl-C (or a signal to the group, or to this process alone, which passes it on)
-reaches the run, which saves a checkpoint and ends `cancelled`; no further run starts. The run's output is
-copied into its train.log as the dashboard's runs write it, and `--verbose` echoes it here too.
+Each run is the same process the dashboard starts (`python -m flux_tui.engine.train RUN_DIR`), in a session
+of its own like every run, so that stopping it (the dashboard's `x`, `flux-tui stop`) signals the run and
+nothing else of the script or terminal that started this command. This command is the run's parent: Ctrl-C,
+SIGTERM or SIGHUP reaching it is passed on to the run's process group, which saves a checkpoint and ends
+`cancelled`; no further run starts. It records how a run ended when the run could not (killed by SIGKILL),
+as a supervisor does, and when it is done it starts the workspace's queued runs. The run's output is copied
+into its train.log as the dashboard's runs write it, and `--verbose` echoes it here too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from flux_tui.core import launch, runs
+from flux_tui.core import launch, procs, runs, supervisor
 from flux_tui.core.config import Experiment, Study
 from flux_tui.core.fsutil import TailReader
 from flux_tui.core.runs import CANCELLED, DONE, RunDir
@@ -130,13 +133,14 @@ def run_one(run: RunDir, label: str, *, no_eval: bool, verbose: bool, out: TextI
             time.sleep(POLL_S)
         except (_Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+            # The run is in its own session: a terminal's Ctrl-C reaches only us, so pass every one on.
+            if proc.poll() is None:
+                procs.signal_group(proc.pid, None, signum)
             if not interrupted:
                 interrupted = True
-                # The terminal's Ctrl-C reached the run already; a signal sent to this process alone did not.
-                if proc.poll() is None:
-                    proc.send_signal(signum)
                 progress.finish(f"{label}  stopping: the run saves a checkpoint, then ends (relaunch resumes it)")
     copier.join(timeout=5)
+    supervisor.record_exit(run, proc.pid, proc.returncode)
     status = run.reconcile()
     took = _duration(time.monotonic() - started)
     steps = f"  step {progress.step.get('step')}/{progress.step.get('total')}" if progress.step else ""
@@ -182,4 +186,15 @@ def run_experiments(study: Study, experiments: Sequence[Experiment], *, no_eval:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _start_queued(study, out)
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _start_queued(study: Study, out: TextIO) -> None:
+    """Our runs held a slot: queued runs that waited for it start now (the study file read afresh)."""
+    from flux_tui.core.scheduler import Scheduler
+    from flux_tui.core.telemetry import Telemetry
+
+    started = Scheduler(study, gpus=Telemetry().gpus).tick()
+    if started:
+        print(f"started queued run(s): {', '.join(started)}", file=out)

@@ -98,9 +98,10 @@ def child_env(fd: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def adopt_or_acquire(run_path: Path) -> Iterator[None]:
-    """For the engine process: keep the lock its launcher handed down (recording our pid in it), or take it.
-    Held until the block ends; raises RunLocked when another process owns the run."""
+def adopt_or_acquire(run_path: Path) -> Iterator[int]:
+    """For the engine process (and the run's supervisor): keep the lock its launcher handed down (recording
+    our pid in it), or take it. Yields the descriptor (to hand on with `pass_fds`); held until the block
+    ends; raises RunLocked when another process owns the run."""
     inherited = os.environ.pop(ENV_FD, "")
     fd = None
     if inherited.isdigit():
@@ -117,7 +118,7 @@ def adopt_or_acquire(run_path: Path) -> Iterator[None]:
         fd = acquire(run_path)
     os.set_inheritable(fd, False)
     try:
-        yield
+        yield fd
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from flux_tui.core import procs
+from flux_tui.core import procs, runlock
 from flux_tui.core.config import EVAL_KEYS, Experiment, Study
 from flux_tui.core.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
 
@@ -52,6 +52,10 @@ class Status:
     message: str = ""
     log_tail: list[str] = field(default_factory=list)
     device: str | None = None  # "cpu" or "cuda:N" (the physical GPU index)
+    executor: str | None = None  # which executor runs it ("local"; None: local, as before executors)
+    job_id: str | None = None  # the executor's handle where it has one (a batch job); local runs: None
+    stop_signal: str | None = None  # "SIGKILL" when a stop killed it: whoever records the end says cancelled
+    queued_from: str | None = None  # the state it had when queued: taking it off the queue goes back to it
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Status:
@@ -185,6 +189,7 @@ class RunDir:
             message="",
             log_tail=[],
             device=device,
+            stop_signal=None,
         )
 
     def mark_finished(self, state: str, message: str = "", exit_code: int | None = None) -> Status:
@@ -202,10 +207,20 @@ class RunDir:
             return True  # another machine's process: we cannot tell, so we do not touch it
         return procs.is_alive(status.pid, status.process_start)
 
+    def is_owned(self) -> bool:
+        """Some live process of this machine still holds the run's lock (its supervisor, about to record how
+        the trainer ended, or the trainer's own helpers)."""
+        return runlock.holder(self.path) is not None
+
     def reconcile(self) -> Status:
-        """A run marked running whose process is gone is failed, with the reason. Returns the status."""
+        """A run marked running whose process is gone, and which nobody owns any more (so nobody is left to
+        record how it ended), is failed with the reason, or cancelled when a stop killed it."""
         status = self.status()
-        if status.state == RUNNING and not self.is_process_alive(status):
+        if status.state == RUNNING and not self.is_process_alive(status) and not self.is_owned():
+            if status.stop_signal:
+                return self.mark_finished(
+                    CANCELLED, f"killed with {status.stop_signal} on request; work since the last checkpoint is lost"
+                )
             return self.mark_finished(
                 FAILED, f"process {status.pid} vanished while {status.stage or 'running'} (killed or crashed)"
             )

@@ -1,88 +1,48 @@
-"""The run queue: which run starts next, where, and how runs are stopped.
+"""The run queue: which run starts next and where, and how runs are stopped, through the executors.
 
-Core wing. The queue lives on disk: a queued run's `status.json` says `queued`, ordered by `queued_at`, so a
-dashboard that restarts (or a second dashboard on the same workspace) carries on with it. Every change to
-the queue and every launch happens under one workspace lock (`runs/.queue.lock`, flock), and `launch.start`
-takes the run's own lock, so two dashboards never launch the same run twice nor overfill a GPU.
+Core wing. The queue lives on disk: a queued run's `status.json` says `queued`, ordered by `queued_at`, so
+anyone may carry it on: a run's supervisor when its run ends, `flux-tui submit`, a dashboard. Every change to
+the queue and every launch happens under one workspace lock (`runs/.queue.lock`, flock), and a launch takes
+the run's own lock, so two of them never launch the same run twice nor overfill a device.
 
-Placement: at most `runs_per_gpu` of the workspace's runs per GPU. A run goes to a GPU with a free slot,
-the least busy first and among those the one with the most free memory (with one run per GPU, the default,
-that is simply the most free memory), pinned with CUDA_VISIBLE_DEVICES in PCI bus order, which is NVML's
-order. Without an NVIDIA GPU runs go to the CPU, `runs_per_gpu` at a time.
+A launch reads the study file afresh (a run never starts with settings older than the file) and goes to the
+executor the workspace names (local by default). Stopping, checking and placing a running run go to the
+executor its status.json names; nothing here or above knows how an executor works.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
-import subprocess
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from flux_tui.core import launch, procs, runs
+from flux_tui.core import config, executor, launch, runs
 from flux_tui.core.config import Study
+from flux_tui.core.executor import Executor, Outcome
 from flux_tui.core.fsutil import file_lock
 from flux_tui.core.runs import CANCELLED, DONE, FAILED, NEW, OOM, QUEUED, RUNNING, RunDir, Status
 from flux_tui.core.telemetry import GpuStat
 
-CPU = "cpu"
+__all__ = ["QUEUEABLE", "Outcome", "Scheduler"]
+
 # States from which a run may be (re)queued: a cancelled, failed or oom run resumes from its last checkpoint.
 QUEUEABLE = frozenset({NEW, FAILED, CANCELLED, OOM})
-KILL_WAIT_S = 3.0
-
-StartFn = Callable[..., subprocess.Popen]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What an action did, in words a user can read in a notification."""
-
-    ok: bool
-    message: str
-    name: str = ""
-
-
-def device_name(gpu: GpuStat | None) -> str:
-    return CPU if gpu is None else f"cuda:{gpu.index}"
-
-
-def device_env(device: str) -> dict[str, str]:
-    """Environment that pins a run's process to its device."""
-    if device.startswith("cuda:"):
-        # PCI_BUS_ID makes CUDA number the GPUs as NVML does (its default puts the fastest first).
-        return {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1], "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    return {}
-
-
-def choose_device(gpus: Sequence[GpuStat], busy: Counter[str], per_device: int) -> str | None:
-    """The device for the next run, or None when every slot is taken."""
-    if not gpus:
-        return CPU if busy[CPU] < per_device else None
-    free = [g for g in gpus if busy[device_name(g)] < per_device]
-    if not free:
-        return None
-    best = min(free, key=lambda g: (busy[device_name(g)], -g.mem_free, g.index))
-    return device_name(best)
 
 
 class Scheduler:
-    """Queue, launch and stop the runs of one study. Thread-safe across processes through file locks; call
-    `tick()` regularly (the dashboard does it every second) to start queued runs as slots free up."""
+    """Queue, launch and stop the runs of one study. Safe across processes through file locks. `tick()`
+    starts queued runs while slots are free: supervisors call it when their run ends, the CLI after
+    queueing, and the dashboard every second."""
 
     def __init__(
         self,
         study: Study,
         gpus: Callable[[], Sequence[GpuStat]] | None = None,
-        start: StartFn = launch.start,
+        executors: Mapping[str, Executor] | None = None,
     ):
         self.study = study
-        self._gpus = gpus or (lambda: [])
-        self._start = start
-        self._children: dict[str, subprocess.Popen] = {}  # processes this scheduler started, to reap
+        self.executors = dict(executors or executor.executors(gpus or (lambda: [])))
 
     # -- folders
     @property
@@ -104,36 +64,31 @@ class Scheduler:
         with file_lock(self.runs_dir / ".queue.lock"):
             yield
 
+    def executor_of(self, status: Status) -> Executor | None:
+        return self.executors.get(executor.name_of(status))
+
     # -- state
     def reconcile(self) -> dict[str, Status]:
-        """Reap our finished children, mark runs whose process vanished as failed. Returns every status."""
-        for name, proc in list(self._children.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            self._children.pop(name, None)
-            run = self.run(name)
+        """Every run's status, with what its executor knows folded in (a run whose process vanished is
+        failed)."""
+        out = {}
+        for run in self.folders():
             st = run.status()
-            if st.state == RUNNING and st.pid == proc.pid:
-                # It died before it could say why (an import error, a kill): keep the code and the log tail.
-                run.mark_finished(FAILED, f"process {proc.pid} exited with code {code} (see train.log)", code)
-        return {run.name: run.reconcile() for run in self.folders()}
+            ex = self.executor_of(st)
+            if st.state == RUNNING or st.job_id:
+                st = ex.poll(run, st) if ex is not None else st
+            out[run.name] = st
+        return out
 
     def queue(self, statuses: dict[str, Status] | None = None) -> list[str]:
-        """Queued runs in the order they will start."""
+        """Queued runs in the order they will start (a run an executor already holds is not waiting)."""
         statuses = statuses if statuses is not None else {r.name: r.status() for r in self.folders()}
-        queued = [(st.queued_at or 0.0, name) for name, st in statuses.items() if st.state == QUEUED]
+        queued = [(st.queued_at or 0.0, n) for n, st in statuses.items() if st.state == QUEUED and not st.job_id]
         return [name for _, name in sorted(queued)]
 
-    def busy(self, statuses: dict[str, Status], gpus: Sequence[GpuStat]) -> Counter[str]:
-        """Running runs per device. A run that did not record its device counts on the default one."""
-        default = device_name(gpus[0]) if gpus else CPU
-        here = socket.gethostname()
-        return Counter(
-            (st.device or default)
-            for st in statuses.values()
-            if st.state == RUNNING and (st.host in (None, here))
-        )
+    def running(self, statuses: dict[str, Status] | None = None) -> list[str]:
+        statuses = statuses if statuses is not None else {r.name: r.status() for r in self.folders()}
+        return [n for n, st in statuses.items() if st.state == RUNNING]
 
     # -- the queue
     def enqueue(self, names: Iterable[str], *, first: bool = False) -> list[Outcome]:
@@ -144,11 +99,8 @@ class Scheduler:
             order = self.queue(statuses)
             head = min((statuses[n].queued_at or 0.0 for n in order), default=time.time())
             for i, name in enumerate(names):
-                out.append(
-                    self._enqueue_one(
-                        name, statuses.get(name, Status()), head - 1 + i * 1e-3 if first else None
-                    )
-                )
+                at = head - 1 + i * 1e-3 if first else None
+                out.append(self._enqueue_one(name, statuses.get(name, Status()), at))
         return out
 
     def _enqueue_one(self, name: str, st: Status, at: float | None) -> Outcome:
@@ -170,7 +122,8 @@ class Scheduler:
         # queued_at orders the queue; "run next" puts the run just before the earliest queued one.
         run.write_status(
             state=QUEUED, stage=None, queued_at=at if at is not None else time.time(), pid=None, pgid=None,
-            process_start=None, finished_at=None, exit_code=None, log_tail=[],
+            process_start=None, finished_at=None, exit_code=None, log_tail=[], job_id=None, stop_signal=None,
+            queued_from=st.queued_from if st.state == QUEUED else st.state,
             message=f"will resume from {ckpt.name}" if ckpt else "waiting for a free slot",
         )  # fmt: skip
         return Outcome(True, f"{name} queued" + (f", will resume from {ckpt.name}" if ckpt else ""), name)
@@ -190,14 +143,14 @@ class Scheduler:
             st = self.run(name).status()
             ckpt = self.run(name).latest_checkpoint()
             how = f"resumed from {ckpt.name}" if ckpt else "started"
-            return Outcome(True, f"{name} {how} on {st.device or CPU} (pid {st.pid})", name)
+            return Outcome(True, f"{name} {how} on {st.device or 'cpu'} (pid {st.pid})", name)
         st = self.run(name).status()
         if st.state == QUEUED:
             return Outcome(True, f"{name} is next in the queue: every slot is busy", name)
         return Outcome(st.state not in (FAILED,), f"{name}: {st.state} {st.message}".strip(), name)
 
     def tick(self) -> list[str]:
-        """Start queued runs while slots are free. Returns the names started."""
+        """Start queued runs while slots are free, as the study file says now. Returns the names started."""
         started: list[str] = []
         if not self.runs_dir.is_dir():
             return started  # no run folder yet, so nothing queued or running
@@ -206,32 +159,65 @@ class Scheduler:
             order = self.queue(statuses)
             if not order:
                 return started
-            gpus = list(self._gpus())
-            busy = self.busy(statuses, gpus)
-            per = self.study.workspace.runs_per_gpu
+            study = self._fresh_study(order)
+            if study is None:
+                return started
+            ex = self.executors.get(executor.name_for_new_runs(study.workspace))
+            if ex is None:
+                self._hold(order, f"waiting: no executor named {executor.name_for_new_runs(study.workspace)!r}")
+                return started
+            busy = ex.busy(statuses)
+            studies = {Path(study.file).resolve(): study}
             for name in order:
-                device = choose_device(gpus, busy, per)
-                if device is None:
+                slot = ex.free_slot(busy, study.workspace)
+                if slot is None:
                     break
-                if self._launch(name, device):
-                    busy[device] += 1
+                own = self._study_of(name, studies)
+                if own is not None and self._launch(own, ex, name, slot):
+                    busy[slot] += 1
                     started.append(name)
         return started
 
-    def _launch(self, name: str, device: str) -> bool:
-        run = self.run(name)
-        if run.status().state != QUEUED:  # taken off the queue or started meanwhile
+    def _fresh_study(self, order: list[str], file: Path | None = None) -> Study | None:
+        """The study file as it is now; None (the queued runs saying why) when it cannot be used."""
+        file = file or self.study.file
+        try:
+            return config.load(file)
+        except config.ConfigError as exc:
+            first = exc.problems[0] if exc.problems else exc
+            self._hold(order, f"waiting: {Path(file).name} cannot be used ({first}); `flux-tui check` says why")
+            return None
+
+    def _study_of(self, name: str, studies: dict[Path, Study]) -> Study | None:
+        """The study a queued run belongs to (another file may share the workspace), read afresh once."""
+        recorded = (self.run(name).read_run() or {}).get("study_file")
+        file = Path(recorded).resolve() if recorded else Path(self.study.file).resolve()
+        if file not in studies:
+            fresh = self._fresh_study([name], file)
+            if fresh is None:
+                return None
+            studies[file] = fresh
+        return studies[file]
+
+    def _hold(self, order: list[str], message: str) -> None:
+        for name in order:
+            run = self.run(name)
+            if run.status().message != message:
+                run.write_status(message=message)
+
+    def _launch(self, study: Study, ex: Executor, name: str, slot: str) -> bool:
+        run = runs.run_dir(study, name)
+        st = run.status()
+        if st.state != QUEUED:  # taken off the queue or started meanwhile
             return False
         try:
-            exp = self.study.get(name)
+            exp = study.get(name)
         except KeyError:
-            run.mark_finished(
-                FAILED, f"{name} is no longer in {self.study.file.name}; it was taken off the queue"
-            )
+            self._unqueue(run, st, f"no longer in {study.file.name}; taken off the queue")
             return False
         try:
-            runs.prepare(self.study, exp)
-            proc = self._start(run, env=device_env(device), device=device)
+            runs.prepare(study, exp)
+            ex.submit(run, slot)
         except runs.LaunchError as exc:
             run.mark_finished(FAILED, str(exc))
             return False
@@ -240,51 +226,28 @@ class Scheduler:
         except OSError as exc:
             run.mark_finished(FAILED, f"could not start the process: {exc}")
             return False
-        self._children[name] = proc
         return True
+
+    def _unqueue(self, run: RunDir, st: Status, message: str) -> str:
+        """Back to the state the run had before it was queued (`new` for a run that never ran)."""
+        state = st.queued_from if st.queued_from in QUEUEABLE else NEW
+        run.write_status(state=state, queued_at=None, queued_from=None, message=message)
+        return state
 
     # -- stopping
     def stop(self, name: str, *, kill: bool = False) -> Outcome:
-        """Take a queued run off the queue, or signal a running run's process group: SIGTERM (it saves a
-        checkpoint and ends `cancelled`) or, with kill=True, SIGKILL (progress since the last checkpoint is
-        lost; the run is marked cancelled here since it cannot say so itself)."""
+        """Take a queued run off the queue (back to where it was: `new` if it never ran), or have its executor
+        stop a running run: SIGTERM (it saves a checkpoint and ends `cancelled`) or, with kill=True, SIGKILL
+        (progress since the last checkpoint is lost; recorded `cancelled` too)."""
         run = self.run(name)
         with self._queue_lock():
             st = run.status()
-            if st.state == QUEUED:
-                run.mark_finished(CANCELLED, "taken off the queue before it started")
-                return Outcome(True, f"{name} taken off the queue", name)
-        if st.state != RUNNING:
+            if st.state == QUEUED and not st.job_id:
+                state = self._unqueue(run, st, "taken off the queue before it started")
+                return Outcome(True, f"{name} taken off the queue (back to {state})", name)
+        if st.state != RUNNING and not st.job_id:
             return Outcome(False, f"{name} is not running ({st.state})", name)
-        if st.host and st.host != socket.gethostname():
-            return Outcome(False, f"{name} runs on {st.host}; stop it there", name)
-        if not run.is_process_alive(st):
-            run.reconcile()
-            return Outcome(False, f"{name}'s process is already gone", name)
-        sig = signal.SIGKILL if kill else signal.SIGTERM
-        if not procs.signal_group(st.pgid, st.pid, sig):
-            return Outcome(False, f"could not signal {name} (pid {st.pid})", name)
-        if not kill:
-            return Outcome(
-                True, f"sent SIGTERM to {name} (pid {st.pid}): it saves a checkpoint, then stops", name
-            )
-        deadline = time.monotonic() + KILL_WAIT_S
-        while time.monotonic() < deadline and procs.is_alive(st.pid, st.process_start):
-            self._reap(name)
-            time.sleep(0.05)
-        self._reap(name)
-        after = run.status()
-        if after.state == RUNNING and not run.is_process_alive(after):
-            run.mark_finished(
-                CANCELLED, "killed with SIGKILL from the dashboard; work since the last checkpoint is lost"
-            )
-        return Outcome(True, f"sent SIGKILL to {name} (pid {st.pid})", name)
-
-    def _reap(self, name: str) -> None:
-        proc = self._children.get(name)
-        if proc is not None and proc.poll() is not None:
-            self._children.pop(name, None)
-
-    def running(self, statuses: dict[str, Status] | None = None) -> list[str]:
-        statuses = statuses if statuses is not None else {r.name: r.status() for r in self.folders()}
-        return [n for n, st in statuses.items() if st.state == RUNNING]
+        ex = self.executor_of(st)
+        if ex is None:
+            return Outcome(False, f"{name} runs under executor {executor.name_of(st)!r}, unknown here", name)
+        return ex.cancel(run, st, kill=kill)

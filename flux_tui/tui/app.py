@@ -208,16 +208,18 @@ class FluxApp(App[int]):
             )
         if queued:
             lines.append(
-                f"flux-tui: {len(queued)} queued run(s) wait for a dashboard to start them: {', '.join(queued)}."
+                f"flux-tui: {len(queued)} queued run(s) will start as slots free, with no dashboard open: "
+                f"{', '.join(queued)}."
             )
         if not lines:
             lines.append("flux-tui: no run is running.")
-        lines.append(f"Reopen with: flux-tui {self.study.file}")
+        lines.append(f"Reopen with: flux-tui {self.study.file}   (or from a shell: flux-tui status -f {self.study.file})")
         return "\n".join(lines)
 
 
 def run_dashboard(study: Study) -> int:
     app = FluxApp(study)
     app.run()
+    app.scheduler.tick()  # what was queued in the last second starts now, not only when a run ends
     print(app.farewell())
     return app.return_code or 0

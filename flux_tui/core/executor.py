@@ -1,0 +1,84 @@
+"""Where a run's process lives: the one interface behind the scheduler, the CLI and the dashboard.
+
+An executor places, starts, stops and checks runs. The run folder stays the truth (the trainer writes its
+state there, wherever it runs); an executor only answers what the folder cannot know: a process that
+vanished, a job the batch system still holds and why, a job that died before its trainer started. Every
+run's status.json names the executor that runs it (`executor`, with `job_id` where it has one), so stopping
+or checking a run goes to the right one; nothing above the scheduler ever asks which.
+
+    submit(run, slot)   start the run there (or hand it to the batch system); when it returns, status.json
+                        says who owns the run
+    cancel(run, status) SIGTERM (it checkpoints, ends `cancelled`) or SIGKILL; a batch job: scancel
+    poll(run, status)   fold what only the executor knows into the status (written to the folder)
+    busy / free_slot    how full it is, and where the next run goes (None: wait)
+
+The local executor (`local_executor.py`) is the first implementation: each run a supervisor process in its
+own session, placed on the GPUs of this machine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from flux_tui.core.config import Workspace
+from flux_tui.core.runs import RunDir, Status
+from flux_tui.core.telemetry import GpuStat
+
+LOCAL = "local"
+GpusFn = Callable[[], Sequence[GpuStat]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an action did, in words a user can read in a notification."""
+
+    ok: bool
+    message: str
+    name: str = ""
+
+
+class Executor(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def busy(self, statuses: Mapping[str, Status]) -> Counter[str]:
+        """How many of these runs this executor holds, per slot (a device, a partition)."""
+
+    @abstractmethod
+    def free_slot(self, busy: Counter[str], workspace: Workspace) -> str | None:
+        """Where the next run goes given `busy`, under the workspace's limits; None when every slot is taken."""
+
+    @abstractmethod
+    def submit(self, run: RunDir, slot: str) -> None:
+        """Start the run on `slot`. When this returns, status.json names the run's owner (a pid, a job id).
+        Raises launch.AlreadyRunning (someone owns the run), runs.LaunchError or OSError."""
+
+    @abstractmethod
+    def cancel(self, run: RunDir, status: Status, *, kill: bool = False) -> Outcome:
+        """Stop a run this executor holds: SIGTERM lets it save a checkpoint and end `cancelled`; kill=True
+        ends it at once (work since the last checkpoint is lost) and it is recorded `cancelled` too."""
+
+    @abstractmethod
+    def poll(self, run: RunDir, status: Status) -> Status:
+        """The run's status with what only the executor knows folded in (and written to the folder)."""
+
+
+def executors(gpus: GpusFn) -> dict[str, Executor]:
+    """Every executor this build knows, by the name status.json records."""
+    from flux_tui.core.local_executor import LocalExecutor
+
+    return {LOCAL: LocalExecutor(gpus)}
+
+
+def name_for_new_runs(workspace: Workspace) -> str:
+    """The executor that new runs of this workspace go to (the study file's choice; local by default)."""
+    return str(getattr(workspace, "executor", None) or LOCAL)
+
+
+def name_of(status: Status) -> str:
+    """The executor that runs (or ran) this run; runs from before executors were recorded are local."""
+    return status.executor or LOCAL

@@ -1,0 +1,78 @@
+"""`flux-tui status`: every run's state, stage, progress, device, owner and scores, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flux_tui.core.config import Study
+from flux_tui.core.results import SCORE_KEYS, RunRecord, collect
+from flux_tui.core.runs import QUEUED, RUNNING, Status
+
+NOTE_WIDTH = 60
+
+
+def rows(study: Study, statuses: dict[str, Status], queue: list[str]) -> list[dict[str, Any]]:
+    """One record per run (the study's in file order, then other folders); `statuses` are the reconciled
+    ones, `queue` the queued runs in the order they will start."""
+    position = {name: i + 1 for i, name in enumerate(queue)}
+    out = []
+    for rec in collect(study):
+        st = statuses.get(rec.name, rec.status)
+        out.append(_row(rec, st, position.get(rec.name)))
+    return out
+
+
+def _row(rec: RunRecord, st: Status, queue_position: int | None) -> dict[str, Any]:
+    owned = st.state == RUNNING or st.job_id
+    return {
+        "name": rec.name,
+        "number": rec.number,
+        "state": st.state,
+        "stage": st.stage if st.state == RUNNING else None,
+        "step": rec.timings.get("step"),
+        "total_steps": rec.timings.get("total_steps") or rec.hp("max_train_steps"),
+        "device": st.device if owned else None,
+        "executor": st.executor,
+        "pid": st.pid if st.state == RUNNING else None,
+        "job_id": st.job_id,
+        "queue_position": queue_position if st.state == QUEUED else None,
+        "message": st.message,
+        "started_at": st.started_at,
+        "finished_at": st.finished_at,
+        **{key: rec.score(key) for key in SCORE_KEYS},
+    }
+
+
+def to_json(table: list[dict[str, Any]]) -> str:
+    return json.dumps(table, indent=2) + "\n"
+
+
+def _cell(row: dict[str, Any]) -> list[str]:
+    state = f"{row['state']}:{row['stage']}" if row["stage"] else row["state"]
+    if row["queue_position"]:
+        state += f" #{row['queue_position']}"
+    step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
+    owner = f"job {row['job_id']}" if row["job_id"] else (f"pid {row['pid']}" if row["pid"] else "")
+    scores = [
+        "" if row[k] is None else (f"{row[k]:.4f}" if isinstance(row[k], float) and k != "faceless" else f"{row[k]:g}")
+        for k in ("face_distance", "clip_score", "faceless")
+    ]
+    note = row["message"] if len(row["message"]) <= NOTE_WIDTH else row["message"][: NOTE_WIDTH - 1] + "…"
+    return [str(row["number"] or ""), row["name"], state, step, row["device"] or "", owner, *scores, note]
+
+
+def to_text(table: list[dict[str, Any]]) -> str:
+    headers = ["#", "name", "state", "step", "device", "pid/job", "face_dist", "clip", "faceless", "note"]
+    cells = [_cell(r) for r in table]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def summary(table: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for row in table:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
