@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -56,7 +57,11 @@ def run(argv: Sequence[str]) -> int:
     if not args.command:
         build_parser().print_help()
         return EXIT_USAGE
-    return COMMANDS[args.command][2](args)
+    try:
+        return COMMANDS[args.command][2](args)
+    except BrokenPipeError:  # `flux-tui status | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -332,18 +337,17 @@ def _stop_args(p: argparse.ArgumentParser) -> None:
 @command("stop", "Stop runs (SIGTERM: a checkpoint, then `cancelled`; --kill: SIGKILL) or take them off the queue.",
          _stop_args)  # fmt: skip
 def cmd_stop(args: argparse.Namespace) -> int:
-    from flux_tui.core.runs import QUEUED, RUNNING
+    from flux_tui.core.runs import QUEUED, RUNNING, Status
 
     scheduler = _scheduler(args, "stop")
     if scheduler is None:
         return EXIT_USAGE
-    if args.all:
-        statuses = scheduler.reconcile()
-        names = [n for n, st in statuses.items() if st.state in (RUNNING, QUEUED)]
-        if not names:
-            print("nothing to stop: no run is running or queued")
-    else:
-        names = args.names
+    statuses = scheduler.reconcile()
+    names = [n for n, st in statuses.items() if st.state in (RUNNING, QUEUED)] if args.all else args.names
+    if not names:
+        print("nothing to stop: no run is running or queued")
+    # Queued runs first: a run stopped first would otherwise free a slot for one of them to start.
+    names = sorted(names, key=lambda n: statuses.get(n, Status()).state != QUEUED)
     outcomes = [scheduler.stop(name, kill=args.kill) for name in names]
     for o in outcomes:
         print(o.message, file=sys.stdout if o.ok else sys.stderr)

@@ -1,10 +1,22 @@
-"""`flux-tui check` as a user runs it: a real subprocess, its exit code, what it prints."""
+"""Headless commands as a user runs them: a real subprocess, its exit code, what it prints (check, export,
+and the queue's submit, status and stop)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+from tui_helpers import make_study
+
+from flux_tui.core import procs
+from flux_tui.core.runs import RunDir
+from flux_tui.core.scheduler import Scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,3 +67,80 @@ def test_every_command_takes_the_study_file_as_dash_f(tmp_path: Path) -> None:
     assert out.returncode == 0 and "11 experiment(s)" in out.stdout
     out = flux_tui("export", "-f", str(REPO / "experiments.toml"), "--format", "csv", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.count("\n") == 12
+
+
+# -- submit, status, stop: the queue from a shell (the stand-in trainer: tests/standin_trainer.py) -------
+
+
+def queue_cli(ws: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    standin = Path(__file__).with_name("standin_trainer.py").resolve()
+    extra = {"FLUX_TUI_TRAINER": str(standin), "STANDIN_STEPS": "100", "STANDIN_SLEEP": "0.1", **env}
+    return subprocess.run([sys.executable, "-m", "flux_tui", *args, "-f", str(ws / "experiments.toml")],
+                          cwd=ws, capture_output=True, text=True, timeout=120, env={**os.environ, **extra})  # fmt: skip
+
+
+def until(pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {pred}")
+
+
+@pytest.fixture
+def ws(tmp_path: Path):
+    study = make_study(tmp_path / "ws")
+    yield tmp_path / "ws"
+    for run in Scheduler(study).folders():  # nothing left queued or running
+        st = run.status()
+        if st.state == "queued":
+            run.write_status(state="new")
+        elif st.state == "running" and procs.is_alive(st.pid, st.process_start):
+            procs.signal_group(st.pgid, st.pid, signal.SIGKILL)
+
+
+def test_submit_queues_starts_what_fits_and_returns_at_once(ws: Path) -> None:
+    out = queue_cli(ws, "submit", "exp02", "exp03")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("exp02 started on cpu (pid ") and lines[1] == "exp03 queued: waits for a free slot"
+    assert f"runs in {ws / 'runs'}" in out.stdout
+    pid = int(lines[0].split("pid ")[1].rstrip(")"))
+    assert procs.is_alive(pid, None)  # the run outlives the command that started it
+
+    status = queue_cli(ws, "status")
+    assert status.returncode == 0, status.stderr
+    row = {line.split()[1]: line for line in status.stdout.splitlines()[1:7]}
+    assert "running:" in row["exp02"] and "cpu" in row["exp02"] and f"pid {pid}" in row["exp02"]
+    assert "queued #1" in row["exp03"] and row["exp01"].split()[2] == "new"
+    js = json.loads(queue_cli(ws, "status", "--json").stdout)
+    by = {r["name"]: r for r in js}
+    assert by["exp02"]["pid"] == pid and by["exp02"]["device"] == "cpu" and by["exp02"]["executor"] == "local"
+    assert by["exp03"]["queue_position"] == 1 and by["exp03"]["state"] == "queued"
+
+
+def test_submit_of_unknown_names_or_neither_names_nor_all_is_a_usage_error(ws: Path) -> None:
+    out = queue_cli(ws, "submit", "exp99")
+    assert out.returncode == 2 and "no experiment named exp99" in out.stderr
+    out = queue_cli(ws, "submit")
+    assert out.returncode == 2 and "give experiment NAMEs or --all" in out.stderr
+    assert not (ws / "runs").exists()  # nothing written
+
+
+def test_stop_takes_queued_runs_back_to_new_and_stops_running_ones(ws: Path) -> None:
+    assert queue_cli(ws, "submit", "--all").returncode == 0
+    run = RunDir(ws / "runs" / "exp01")
+    until(lambda: list(run.iter_events("step")))
+    out = queue_cli(ws, "stop", "exp03")
+    assert out.returncode == 0 and "exp03 taken off the queue (back to new)" in out.stdout
+    assert RunDir(ws / "runs" / "exp03").status().state == "new"
+    out = queue_cli(ws, "stop", "--all")
+    assert out.returncode == 0, out.stderr
+    assert "sent SIGTERM to exp01" in out.stdout and "exp06 taken off the queue" in out.stdout
+    st = until(lambda: (st := run.status()).state == "cancelled" and st)
+    assert "stopped by SIGTERM" in st.message
+    states = {r["name"]: r["state"] for r in json.loads(queue_cli(ws, "status", "--json").stdout)}
+    assert states == {"exp01": "cancelled", **{f"exp0{i}": "new" for i in range(2, 7)}}
+    out = queue_cli(ws, "stop", "exp01")
+    assert out.returncode == 1 and "exp01 is not running (cancelled)" in out.stderr
