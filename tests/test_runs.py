@@ -114,6 +114,34 @@ def test_vanished_process_is_marked_failed(tmp_path: Path) -> None:
     assert st.state == runs.FAILED and f"process {proc.pid} vanished while train" in st.message
 
 
+HOLD_LOCK = (
+    "import sys, time\n"
+    "from flux_tui.core import runlock\n"
+    "with runlock.adopt_or_acquire(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(120)\n"
+)
+
+
+def test_a_gone_trainer_is_left_to_whoever_still_owns_the_run(tmp_path: Path) -> None:
+    """Its supervisor holds the run's lock while it records how the trainer ended: reconcile waits for it.
+    Once nobody owns the run, a kill that a stop asked for is `cancelled`, not `failed`."""
+    run = runs.RunDir(tmp_path / "runs" / "r")
+    trainer = subprocess.Popen([sys.executable, "-c", "pass"])
+    trainer.wait()
+    run.mark_started("train", pid=trainer.pid)
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        assert run.is_owned() and run.reconcile().state == runs.RUNNING
+    finally:
+        owner.kill()
+        owner.wait()
+    run.write_status(stop_signal="SIGKILL")
+    st = run.reconcile()
+    assert st.state == runs.CANCELLED and "killed with SIGKILL on request" in st.message
+
+
 def test_a_reused_pid_is_not_trusted(tmp_path: Path) -> None:
     run = runs.RunDir(tmp_path / "r")
     # Our own pid is alive, but with another start time it is some other process.
