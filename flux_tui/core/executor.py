@@ -22,14 +22,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from flux_tui.core.config import Workspace
 from flux_tui.core.runs import RunDir, Status
-from flux_tui.core.telemetry import GpuStat
+
+if TYPE_CHECKING:  # the engine imports launch, which imports this: keep NVML out of its processes
+    from flux_tui.core.telemetry import GpuStat
 
 LOCAL = "local"
-GpusFn = Callable[[], Sequence[GpuStat]]
+GpusFn = Callable[[], Sequence["GpuStat"]]
 
 
 @dataclass(frozen=True)

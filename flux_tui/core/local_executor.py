@@ -113,9 +113,11 @@ class LocalExecutor(Executor):
                 if now.state == RUNNING and now.pid == st.pid:
                     run.write_status(stop_signal=signal.SIGKILL.name)
         if not kill:
-            return Outcome(True, f"sent SIGTERM to {name} (pid {st.pid}): it saves a checkpoint, then stops", name)
+            how = "it saves a checkpoint, then stops"
+            return Outcome(True, f"sent SIGTERM to {name} (pid {st.pid}): {how}", name)
         # Its supervisor records the end; a run without one (its supervisor killed too) is reconciled here.
         _wait(lambda: run.status().state != RUNNING or not run.is_owned(), KILL_WAIT_S)
         self._reap()
         run.reconcile()
-        return Outcome(True, f"sent SIGKILL to {name} (pid {st.pid}); work since its last checkpoint is lost", name)
+        lost = "work since its last checkpoint is lost"
+        return Outcome(True, f"sent SIGKILL to {name} (pid {st.pid}); {lost}", name)

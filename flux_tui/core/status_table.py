@@ -54,10 +54,8 @@ def _cell(row: dict[str, Any]) -> list[str]:
         state += f" #{row['queue_position']}"
     step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
     owner = f"job {row['job_id']}" if row["job_id"] else (f"pid {row['pid']}" if row["pid"] else "")
-    scores = [
-        "" if row[k] is None else (f"{row[k]:.4f}" if isinstance(row[k], float) and k != "faceless" else f"{row[k]:g}")
-        for k in ("face_distance", "clip_score", "faceless")
-    ]
+    scores = ["" if row[k] is None else f"{row[k]:.4f}" for k in ("face_distance", "clip_score")]
+    scores.append("" if row["faceless"] is None else f"{row['faceless']:g}")
     note = row["message"] if len(row["message"]) <= NOTE_WIDTH else row["message"][: NOTE_WIDTH - 1] + "…"
     return [str(row["number"] or ""), row["name"], state, step, row["device"] or "", owner, *scores, note]
 

@@ -35,7 +35,8 @@ def describe_exit(returncode: int, stop_signal: str | None) -> tuple[str, str, i
     """(state, message, exit code) of a trainer that ended with Popen's `returncode` (negative: killed by
     that signal) without recording a state of its own."""
     if returncode >= 0:
-        return FAILED, f"the trainer exited with code {returncode} before recording how it ended (see train.log)", returncode
+        why = f"the trainer exited with code {returncode} before recording how it ended (see train.log)"
+        return FAILED, why, returncode
     sig = signal.Signals(-returncode)
     code = 128 + sig.value
     if stop_signal == sig.name:
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             _answer(ready_fd, "ok")
             returncode = proc.wait()
             status = record_exit(run, proc.pid, returncode)
-            _say(f"the trainer (pid {proc.pid}) ended: {status.state}" + (f", {status.message}" if status.message else ""))
+            how = f"{status.state}, {status.message}" if status.message else status.state
+            _say(f"the trainer (pid {proc.pid}) ended: {how}")
     except runlock.RunLocked as exc:
         _answer(ready_fd, f"error: {exc}")
         return 1
