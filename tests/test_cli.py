@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tui_helpers import make_study
+from tui_helpers import make_study, scores_for, write_run
 
 from flux_tui.core import procs
 from flux_tui.core.runs import RunDir
@@ -144,3 +144,21 @@ def test_stop_takes_queued_runs_back_to_new_and_stops_running_ones(ws: Path) -> 
     assert states == {"exp01": "cancelled", **{f"exp0{i}": "new" for i in range(2, 7)}}
     out = queue_cli(ws, "stop", "exp01")
     assert out.returncode == 1 and "exp01 is not running (cancelled)" in out.stderr
+
+
+def test_status_shows_scores_failures_and_every_state(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "ws")
+    write_run(study, "exp01", "done", scores=scores_for(1, 0.7571, 0.2988, faceless=2))
+    write_run(study, "exp05", "failed", upto=12, message="CUDA error: an illegal memory access was encountered")
+    out = queue_cli(tmp_path / "ws", "status")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:8] == ["#", "name", "state", "step", "device", "pid/job", "face", "dist"]
+    row = {line.split()[1]: line.split() for line in lines[1:7]}
+    assert row["exp01"][2:] == ["done", "20/20", "0.7571", "0.2988", "2"]
+    assert row["exp05"][2:5] == ["failed", "12/30", "CUDA"]
+    assert row["exp02"][2:] == ["new", "0/40"]
+    assert "4 new, 1 done, 1 failed" in out.stdout
+    js = {r["name"]: r for r in json.loads(queue_cli(tmp_path / "ws", "status", "--json").stdout)}
+    assert js["exp01"]["face_distance"] == 0.7571 and js["exp01"]["faceless"] == 2
+    assert js["exp05"]["message"].startswith("CUDA error") and js["exp05"]["step"] == 12

@@ -6,11 +6,11 @@ vanished, a job the batch system still holds and why, a job that died before its
 run's status.json names the executor that runs it (`executor`, with `job_id` where it has one), so stopping
 or checking a run goes to the right one; nothing above the scheduler ever asks which.
 
-    submit(run, slot)   start the run there (or hand it to the batch system); when it returns, status.json
-                        says who owns the run
+    submit(run, slot, study)  start the run there (or hand it to the batch system, with the study's
+                        settings as the file says now); when it returns, status.json says who owns the run
     cancel(run, status) SIGTERM (it checkpoints, ends `cancelled`) or SIGKILL; a batch job: scancel
     poll(run, status)   fold what only the executor knows into the status (written to the folder)
-    busy / free_slot    how full it is, and where the next run goes (None: wait)
+    busy / free_slot    how full it is, and where the next run goes under the study's limits (None: wait)
 
 The local executor (`local_executor.py`) is the first implementation: each run a supervisor process in its
 own session, placed on the GPUs of this machine.
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from flux_tui.core.config import Workspace
+from flux_tui.core.config import Study, Workspace
 from flux_tui.core.runs import RunDir, Status
 
 if TYPE_CHECKING:  # the engine imports launch, which imports this: keep NVML out of its processes
@@ -51,13 +51,15 @@ class Executor(ABC):
         """How many of these runs this executor holds, per slot (a device, a partition)."""
 
     @abstractmethod
-    def free_slot(self, busy: Counter[str], workspace: Workspace) -> str | None:
-        """Where the next run goes given `busy`, under the workspace's limits; None when every slot is taken."""
+    def free_slot(self, busy: Counter[str], study: Study) -> str | None:
+        """Where the next run goes given `busy`, under the study file's limits (`runs_per_gpu`, a batch
+        system's `max_jobs`); None when every slot is taken."""
 
     @abstractmethod
-    def submit(self, run: RunDir, slot: str) -> None:
-        """Start the run on `slot`. When this returns, status.json names the run's owner (a pid, a job id).
-        Raises launch.AlreadyRunning (someone owns the run), runs.LaunchError or OSError."""
+    def submit(self, run: RunDir, slot: str, study: Study) -> None:
+        """Start the run on `slot`, with `study` as the file says now. When this returns, status.json names
+        the run's owner (a pid, a job id). Raises launch.AlreadyRunning (someone owns the run),
+        runs.LaunchError or OSError."""
 
     @abstractmethod
     def cancel(self, run: RunDir, status: Status, *, kill: bool = False) -> Outcome:
@@ -78,7 +80,7 @@ def executors(gpus: GpusFn) -> dict[str, Executor]:
 
 def name_for_new_runs(workspace: Workspace) -> str:
     """The executor that new runs of this workspace go to (the study file's choice; local by default)."""
-    return str(getattr(workspace, "executor", None) or LOCAL)
+    return workspace.executor or LOCAL
 
 
 def name_of(status: Status) -> str:

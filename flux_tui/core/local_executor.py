@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from flux_tui.core import launch, procs
-from flux_tui.core.config import Workspace
+from flux_tui.core.config import Study
 from flux_tui.core.executor import LOCAL, Executor, GpusFn, Outcome, name_of
 from flux_tui.core.runs import RUNNING, RunDir, Status
 from flux_tui.core.telemetry import GpuStat
@@ -80,10 +80,10 @@ class LocalExecutor(Executor):
             if st.state == RUNNING and name_of(st) == LOCAL and st.host in (None, here)
         )
 
-    def free_slot(self, busy: Counter[str], workspace: Workspace) -> str | None:
-        return choose_device(list(self._gpus()), busy, workspace.runs_per_gpu)
+    def free_slot(self, busy: Counter[str], study: Study) -> str | None:
+        return choose_device(list(self._gpus()), busy, study.workspace.runs_per_gpu)
 
-    def submit(self, run: RunDir, slot: str) -> None:
+    def submit(self, run: RunDir, slot: str, study: Study) -> None:
         self._reap()
         self._children.append(launch.start(run, env=device_env(slot), device=slot))
 

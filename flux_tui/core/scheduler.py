@@ -169,7 +169,7 @@ class Scheduler:
             busy = ex.busy(statuses)
             studies = {Path(study.file).resolve(): study}
             for name in order:
-                slot = ex.free_slot(busy, study.workspace)
+                slot = ex.free_slot(busy, study)
                 if slot is None:
                     break
                 own = self._study_of(name, studies)
@@ -217,7 +217,7 @@ class Scheduler:
             return False
         try:
             runs.prepare(study, exp)
-            ex.submit(run, slot)
+            ex.submit(run, slot, study)
         except runs.LaunchError as exc:
             run.mark_finished(FAILED, str(exc))
             return False

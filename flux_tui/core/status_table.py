@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from flux_tui.core.config import Study
-from flux_tui.core.results import SCORE_KEYS, RunRecord, collect
-from flux_tui.core.runs import QUEUED, RUNNING, Status
+from flux_tui.core.metrics import HEADLINE, NO_FACE, SCORE_KEYS
+from flux_tui.core.results import RunRecord, collect
+from flux_tui.core.runs import QUEUED, RUNNING, STATES, Status
 
 NOTE_WIDTH = 60
 
@@ -40,8 +42,13 @@ def _row(rec: RunRecord, st: Status, queue_position: int | None) -> dict[str, An
         "message": st.message,
         "started_at": st.started_at,
         "finished_at": st.finished_at,
-        **{key: rec.score(key) for key in SCORE_KEYS},
+        **{key: _number((rec.scores or {}).get(key)) for key in SCORE_KEYS},
     }
+
+
+def _number(value: Any) -> int | float | None:
+    """A score as scores.json has it (a count stays an int), or None for anything that is not a number."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def to_json(table: list[dict[str, Any]]) -> str:
@@ -54,14 +61,14 @@ def _cell(row: dict[str, Any]) -> list[str]:
         state += f" #{row['queue_position']}"
     step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
     owner = f"job {row['job_id']}" if row["job_id"] else (f"pid {row['pid']}" if row["pid"] else "")
-    scores = ["" if row[k] is None else f"{row[k]:.4f}" for k in ("face_distance", "clip_score")]
-    scores.append("" if row["faceless"] is None else f"{row['faceless']:g}")
+    scored = any(row[key] is not None for key in SCORE_KEYS)
+    scores = [m.format(row[m.key], missing=NO_FACE if scored and m.needs_face else "") for m in HEADLINE]
     note = row["message"] if len(row["message"]) <= NOTE_WIDTH else row["message"][: NOTE_WIDTH - 1] + "…"
     return [str(row["number"] or ""), row["name"], state, step, row["device"] or "", owner, *scores, note]
 
 
 def to_text(table: list[dict[str, Any]]) -> str:
-    headers = ["#", "name", "state", "step", "device", "pid/job", "face_dist", "clip", "faceless", "note"]
+    headers = ["#", "name", "state", "step", "device", "pid/job", *(m.heading for m in HEADLINE), "note"]
     cells = [_cell(r) for r in table]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
@@ -70,7 +77,7 @@ def to_text(table: list[dict[str, Any]]) -> str:
 
 
 def summary(table: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for row in table:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in counts.items())
+    """`2 running, 4 queued, 1 done`: how many runs are in each state, in the states' order."""
+    counts = Counter(row["state"] for row in table)
+    order = [RUNNING, QUEUED, *(s for s in STATES if s not in (RUNNING, QUEUED))]
+    return ", ".join(f"{counts[state]} {state}" for state in order if counts[state])
