@@ -352,3 +352,42 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for o in outcomes:
         print(o.message, file=sys.stdout if o.ok else sys.stderr)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAIL
+
+
+# -- reset: a run's folder moved aside, so it trains again from scratch ------------------------------
+
+
+def _reset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME", help="runs to reset (experiments of the file, or run folders)")
+    p.add_argument("-f", "--file", default=config.DEFAULT_FILE, help=FILE_HELP)
+
+
+@command("reset", "Move runs' folders aside to runs/.old/<name>-<time>/ (nothing is deleted) so they train again "
+         "from scratch with the file's settings; refuses a running run.", _reset_args)  # fmt: skip
+def cmd_reset(args: argparse.Namespace) -> int:
+    from flux_tui.core import reset
+    from flux_tui.core.runs import run_dir
+
+    study = load_or_report(args.file)
+    if study is None:
+        return EXIT_USAGE
+    unknown = [n for n in args.names if n not in study.names and not run_dir(study, n).path.exists()]
+    if unknown:
+        print(f"{args.file}: no experiment or run folder named {', '.join(unknown)} (have: {', '.join(study.names)})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    code = EXIT_OK
+    for name in args.names:
+        try:
+            done = reset.reset_run(run_dir(study, name))
+        except reset.ResetRefused as exc:
+            print(f"flux-tui reset: {exc}", file=sys.stderr)
+            code = EXIT_FAIL
+            continue
+        if done.moved_to is None:
+            print(f"{name}: no folder yet, nothing to reset")
+        else:
+            where = done.moved_to.relative_to(study.workspace.root) if done.moved_to.is_relative_to(
+                study.workspace.root) else done.moved_to  # fmt: skip
+            print(f"{name}: folder moved to {where}; the run is new again")
+    return code

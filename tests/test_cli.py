@@ -162,3 +162,27 @@ def test_status_shows_scores_failures_and_every_state(tmp_path: Path) -> None:
     js = {r["name"]: r for r in json.loads(queue_cli(tmp_path / "ws", "status", "--json").stdout)}
     assert js["exp01"]["face_distance"] == 0.7571 and js["exp01"]["faceless"] == 2
     assert js["exp05"]["message"].startswith("CUDA error") and js["exp05"]["step"] == 12
+
+
+def test_reset_moves_runs_aside_and_refuses_running_ones(tmp_path: Path) -> None:
+    from tui_helpers import make_study, sleeper, write_run
+
+    ws = tmp_path / "ws"
+    study = make_study(ws)
+    write_run(study, "exp01", "done")
+    proc = sleeper()
+    try:
+        write_run(study, "exp03", "running", upto=3, pid=proc.pid)
+        out = flux_tui("reset", "exp01", "exp03", "exp06", cwd=ws)
+        assert out.returncode == 1, out.stderr
+        moved = list((ws / "runs" / ".old").iterdir())
+        assert [p.name.split("-")[0] for p in moved] == ["exp01"] and (moved[0] / "run.json").is_file()
+        assert f"exp01: folder moved to runs/.old/{moved[0].name}; the run is new again" in out.stdout
+        assert "exp06: no folder yet, nothing to reset" in out.stdout
+        assert f"exp03 is running (pid {proc.pid}): stop it first" in out.stderr
+        assert (ws / "runs" / "exp03" / "run.json").is_file()
+    finally:
+        proc.kill()
+        proc.wait()
+    out = flux_tui("reset", "nosuch", cwd=ws)
+    assert out.returncode == 2 and "no experiment or run folder named nosuch" in out.stderr

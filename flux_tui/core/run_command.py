@@ -165,7 +165,7 @@ def run_experiments(study: Study, experiments: Sequence[Experiment], *, no_eval:
             run = runs.run_dir(study, exp.name)
             evaluated = no_eval or run.scores() is not None
             if run.exists() and run.status().state == DONE and not run.changed_keys(exp) and evaluated:
-                print(f"{label}  done already (delete {run.path} to run it again)", file=out)
+                print(f"{label}  done already (`flux-tui reset {run.name}` to run it again)", file=out)
                 continue
             try:
                 run = runs.prepare(study, exp)

@@ -314,8 +314,8 @@ class StaleRunError(LaunchError):
     def __init__(self, run: RunDir, reason: str):
         self.run = run
         super().__init__(
-            f"run {run.name!r} was trained with other settings ({reason}); "
-            f"reset it (delete {run.path}) or give the experiment a new name"
+            f"run {run.name!r} was trained with other settings ({reason}); reset it (`R` in the dashboard, or "
+            f"`flux-tui reset {run.name}`: its folder moves to runs/.old/) or give the experiment a new name"
         )
 
 

@@ -111,7 +111,7 @@ class Scheduler:
         if st.state == RUNNING:
             return Outcome(False, f"{name} is already running", name)
         if st.state == DONE:
-            return Outcome(False, f"{name} is done (delete runs/{name} to train it again)", name)
+            return Outcome(False, f"{name} is done (to train it again, reset it: `R`, or `flux-tui reset {name}`)", name)
         if st.state == QUEUED and at is None:
             return Outcome(True, f"{name} is already queued", name)
         try:
