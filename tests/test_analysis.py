@@ -119,3 +119,33 @@ def test_a_run_s_figures_come_from_its_per_image_rows_as_the_study_defines_them(
     values = {"face_distance": 0.75, "clip_score": 0.301, "faceless": 2.0}
     assert metrics.figures(values.get) == "face 0.7500 · CLIP 0.3010 · faceless 2"
     assert metrics.figures({}.get) == "face - · CLIP - · faceless -"
+
+
+def test_a_difference_within_a_scores_noise_reads_as_no_clear_effect() -> None:
+    def effect(key: str, values: list, clip: list[float], faceless: list[int]) -> analysis.Effect:
+        scores = {"clip_score": clip, "faceless": faceless, "face_distance": [None] * len(values)}
+        return analysis.Effect(key, [analysis.Comparison(key, {}, values, ["a", "b", "c"][: len(values)], scores)])
+
+    # The case: 0.099002 vs 0.098983 is far below CLIP's noise (0.005, in the metric table).
+    rank = effect("lora_rank", [8, 16], [0.099002, 0.098983], [2, 2])
+    assert metrics.metric("clip_score").noise == metrics.metric("face_distance").noise == 0.005
+    assert rank.reading("clip_score") == (
+        "higher LoRA rank: no clear effect on CLIP score (1 of 1 comparisons differ by less than 0.005)"
+    )
+    assert rank.reading("faceless") == "higher LoRA rank left faceless images unchanged in 1 of 1 comparisons"
+    # A count has no noise: one image more is a change.
+    steps = effect("max_train_steps", [500, 1000, 1500], [0.290, 0.300, 0.302], [0, 1, 1])
+    assert steps.reading("clip_score") == "more steps raised CLIP score in 1 of 2 comparisons (1 within 0.005: no clear change)"
+    assert steps.reading("faceless") == "more steps raised faceless images in 1 of 2 comparisons"
+    sched = effect("lr_scheduler", ["constant", "cosine"], [0.3001, 0.3003], [0, 0])
+    assert sched.reading("clip_score") == "no clear difference in CLIP score between schedulers (1 of 1 comparisons within 0.005)"
+    assert metrics.noise_rule(metrics.HEADLINE) == "a difference below 0.005 in face distance or CLIP score reads as no clear effect"
+
+
+def test_a_best_mark_needs_a_run_it_is_better_than(study: config.Study) -> None:
+    for rec in results.collect(study):
+        assert rec.run is not None  # every run: the same faceless count and CLIP score, face distances differ
+        rec.run.scores_json.write_text(json.dumps({"clip_score": 0.3, "faceless": 4, "n_images": 4,
+                                                   "face_distance": 0.7 + (rec.number or 0) / 100}))  # fmt: skip
+    assert analysis.best_values(results.collect(study)) == {"face_distance": 0.71}
+    assert metrics.metric("faceless").best([4, 4]) is None and metrics.metric("faceless").best([4, 3]) == 3

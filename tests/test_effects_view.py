@@ -90,6 +90,8 @@ async def test_effects_view_finds_the_designed_pairs_and_reads_them(study: confi
         readings = str(pane.query_one(".fx-readings", Static).render())
         assert "higher learning rate lowered face distance in 2 of 2 comparisons" in readings
         assert "higher learning rate raised CLIP score in 1 and lowered it in 1 of 2 comparisons" in readings  # one up, one down
+        # The rule that tells an effect from noise is stated under the readings.
+        assert "a difference below 0.005 in face distance or CLIP score reads as no clear effect" in readings
         charts = list(pane.query(EffectChart))
         assert [c.score for c in charts] == ["face_distance", "clip_score", "faceless"]
         assert charts[0].series() == [("rank 4 · steps 20 · constant", [0, 1], [0.80, 0.75]),

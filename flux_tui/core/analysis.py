@@ -38,12 +38,13 @@ def scored(records: list[RunRecord]) -> list[RunRecord]:
 
 
 def best_values(records: list[RunRecord]) -> dict[str, float]:
-    """The best value of each score column over the scored runs (to mark it in a table)."""
+    """The best value of each score column over the scored runs (to mark it in a table); a column where every
+    run has the same value has none."""
     best: dict[str, float] = {}
     for m in SCORES:
-        values = [v for r in records if (v := r.score(m.key)) is not None]
-        if values:
-            best[m.key] = min(values) if m.lower_is_better else max(values)
+        top = m.best([v for r in records if (v := r.score(m.key)) is not None])
+        if top is not None:
+            best[m.key] = top
     return best
 
 
@@ -119,22 +120,35 @@ class Effect:
             if metric(score).needs_face:
                 return f"{label}: the runs that differ only in it have no {what} (no face found in their images)"
             return f"{label}: the runs that differ only in it are not scored yet"
+        m = metric(score)
+        moves = [m.change(sa, sb) for _, _, sa, sb in pairs]
         if self.key == "lr_scheduler":
-            wins: dict[str, int] = defaultdict(int)
-            for a, b, sa, sb in pairs:
-                better_b = (sb < sa) if metric(score).lower_is_better else (sb > sa)
-                wins[b if better_b else a] += 1
-            leader = max(wins, key=lambda k: wins[k])
-            return f"{leader} scheduler gave the better {what} in {wins[leader]} of {len(pairs)} comparisons"
+            return self._scheduler_reading(score, pairs, moves)
         more = "more steps" if self.key == "max_train_steps" else f"higher {label}"
-        up = sum(sb > sa for _, _, sa, sb in pairs)
-        down = sum(sb < sa for _, _, sa, sb in pairs)
+        n, up, down = len(pairs), moves.count(1), moves.count(-1)
+        flat = n - up - down
         if up == down == 0:
-            return f"{more} left {what} unchanged in {len(pairs)} of {len(pairs)} comparisons"
+            if m.noise:
+                return f"{more}: no clear effect on {what} ({n} of {n} comparisons differ by less than {m.noise:g})"
+            return f"{more} left {what} unchanged in {n} of {n} comparisons"
+        within = f" ({flat} within {m.noise:g}: no clear change)" if flat and m.noise else ""
         if up == down:
-            return f"{more} raised {what} in {up} and lowered it in {down} of {len(pairs)} comparisons"
+            return f"{more} raised {what} in {up} and lowered it in {down} of {n} comparisons{within}"
         direction, count = ("raised", up) if up > down else ("lowered", down)
-        return f"{more} {direction} {what} in {count} of {len(pairs)} comparisons"
+        return f"{more} {direction} {what} in {count} of {n} comparisons{within}"
+
+    def _scheduler_reading(self, score: str, pairs: list[tuple], moves: list[int]) -> str:
+        m, what = metric(score), LABELS[score]
+        wins: dict[str, int] = defaultdict(int)
+        for (a, b, _, _), move in zip(pairs, moves, strict=True):
+            if move:
+                better_b = move < 0 if m.lower_is_better else move > 0
+                wins[b if better_b else a] += 1
+        if not wins:
+            n = len(pairs)
+            return f"no clear difference in {what} between schedulers ({n} of {n} comparisons within {m.noise:g})"
+        leader = max(wins, key=lambda k: wins[k])
+        return f"{leader} scheduler gave the better {what} in {wins[leader]} of {len(pairs)} comparisons"
 
 
 def _sortable(v: Any) -> tuple[int, Any]:

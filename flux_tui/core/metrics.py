@@ -50,6 +50,9 @@ class Metric:
     per_prompt: bool = True  # repeated per prompt in scores.json
     column_fmt: str | None = None  # in a leaderboard column, when narrower than `fmt`
     summarize: Callable[[Rows], float | int | None] | None = None  # from per-image rows; None: their mean
+    # Two runs whose values differ by less than this differ within the score's noise (seeds, prompts): an
+    # effect reading calls that "no clear effect". 0 for a count: any difference in a count is real.
+    noise: float = 0.0
 
     @property
     def lower_is_better(self) -> bool:
@@ -60,10 +63,29 @@ class Metric:
         return self.fmt == "d"
 
     @property
+    def arrow(self) -> str:
+        """Which way is better: ↓ (lower), ↑ (higher), or nothing for a figure."""
+        return {"lower": "↓", "higher": "↑"}.get(self.better or "", "")
+
+    @property
     def header(self) -> str:
         """`face dist ↓`: the heading with the better direction."""
-        arrow = {"lower": " ↓", "higher": " ↑"}.get(self.better or "", "")
-        return self.heading + arrow
+        return f"{self.heading} {self.arrow}" if self.arrow else self.heading
+
+    def change(self, before: float, after: float) -> int:
+        """+1 when `after` is higher than `before` by at least the noise, -1 when lower, 0 within it."""
+        diff = after - before
+        if diff == 0 or abs(diff) < self.noise:
+            return 0
+        return 1 if diff > 0 else -1
+
+    def best(self, values: Sequence[float]) -> float | None:
+        """The best of `values` when it is better than at least one other (a table stars it), else None:
+        when every run ties, no run is best."""
+        if not values:
+            return None
+        top = min(values) if self.lower_is_better else max(values)
+        return top if any(v != top for v in values) else None
 
     def of_images(self, rows: Rows) -> float | int | None:
         """The value over a set of images, from their per-image rows."""
@@ -82,14 +104,14 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric(FACE_DISTANCE, "face distance", heading="face dist", narrow="face↓", tag="face",
            title="Face Distance Score (lower is better)", fmt=".4f", better="lower", rank=1, chart=True,
-           needs_face=True),
+           needs_face=True, noise=0.005),
     Metric("identity_similarity", "identity similarity", heading="identity", narrow="identity↑",
            tag="identity", title="identity similarity (cosine)", fmt=".4f", better="higher", rank=3,
-           needs_face=True, column_fmt=".3f"),
+           needs_face=True, column_fmt=".3f", noise=0.005),
     Metric(CLIP_SCORE, "CLIP score", heading="CLIP", narrow="CLIP↑", tag="CLIP", title="CLIP score (0..1)",
-           fmt=".4f", better="higher", rank=2, chart=True),
+           fmt=".4f", better="higher", rank=2, chart=True, noise=0.005),
     Metric("clip_score_x100", "CLIP score x100", heading="CLIP x100", narrow="CLIPx100", tag="CLIP x100",
-           title="CLIP score x100 (torchmetrics' scale)", fmt=".2f", per_prompt=False,
+           title="CLIP score x100 (torchmetrics' scale)", fmt=".2f", per_prompt=False, noise=0.5,
            summarize=_mean(CLIP_SCORE, lambda c: 100 * max(c, 0.0))),
     Metric(FACELESS, "faceless images", heading="faceless", narrow="no face", tag="faceless",
            title="images without a face", fmt="d", better="lower", rank=4, chart=True,
@@ -124,3 +146,18 @@ def figures(
 ) -> str:
     """One line of figures: `face 0.7571 · CLIP 0.2988 · faceless 0`; with `labels`: `face distance 0.7571`."""
     return sep.join(f"{m.label if labels else m.tag} {m.format(value_of(m.key))}" for m in which)
+
+
+def noise_rule(which: Sequence[Metric] = SCORES) -> str:
+    """The rule effect readings follow, in words: `a difference below 0.005 in face distance or CLIP score
+    reads as no clear effect`."""
+    by_noise: dict[float, list[str]] = {}
+    for m in which:
+        if m.noise:
+            by_noise.setdefault(m.noise, []).append(m.label)
+    parts = [f"below {n:g} in {_either(labels)}" for n, labels in by_noise.items()]
+    return f"a difference {'; '.join(parts)} reads as no clear effect" if parts else ""
+
+
+def _either(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"

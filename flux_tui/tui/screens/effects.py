@@ -17,7 +17,7 @@ from textual_plotext import PlotextPlot
 from flux_tui.core import analysis, results
 from flux_tui.core.analysis import Comparison, Effect
 from flux_tui.core.config import Study
-from flux_tui.core.metrics import HEADLINE, metric
+from flux_tui.core.metrics import HEADLINE, metric, noise_rule
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 
@@ -65,7 +65,7 @@ class EffectChart(PlotextPlot):
     def __init__(self, effect: Effect, score: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.effect, self.score = effect, score
-        self.border_title = f"{metric(score).label} ({metric(score).better} is better)"
+        self.border_title = f"{metric(score).label} {metric(score).arrow}"  # fits a third of 80 columns
 
     def series(self) -> list[tuple[str, list[int], list[float]]]:
         """(label, x positions, scores) per comparison with at least one scored point."""
@@ -102,6 +102,8 @@ def readings_text(effect: Effect) -> Text:
     text = Text()
     for m in HEADLINE:
         text += Text(f"{m.label:<16}", style="bold") + Text(effect.reading(m.key) + "\n")
+    if effect.comparisons:
+        text += Text(f"({noise_rule(HEADLINE)})", style="dim")
     return text
 
 

@@ -178,7 +178,8 @@ class LeaderboardScreen(OutcomeScreen):
         )  # fmt: skip
         sel = f" · {len(self.selected)} selected" if self.selected else ""
         self.query_one("#lb-summary", Static).update(
-            f"{len(board)} finished run(s), {len(scored)} scored · {order} · {BEST} best of a column{sel}"
+            f"{len(board)} finished run(s), {len(scored)} scored · {order} · {BEST} a column's best, when better "
+            f"than another run{sel}"
         )
         note = analysis.picks_note(board)
         if note:

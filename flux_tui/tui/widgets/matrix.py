@@ -45,7 +45,7 @@ class Column:
     width: int | None
     sort: Callable[[Experiment, RunView], Any]  # a sortable value (None sorts last)
     show: Callable[[Experiment, RunView], str | Text]
-    best: str | None = None  # "min" or "max": mark the best value of the column
+    best: Metric | None = None  # a score: mark the column's best value (when it beats another run's)
     dynamic: bool = False  # changes while runs progress
 
 
@@ -63,8 +63,7 @@ def score_column(m: Metric) -> Column:
             return NO_FACE
         return m.format(v.score(m.key), missing="")
 
-    return Column(m.key, m.narrow, width, lambda e, v: v.score(m.key), show,
-                  best="min" if m.lower_is_better else "max", dynamic=True)  # fmt: skip
+    return Column(m.key, m.narrow, width, lambda e, v: v.score(m.key), show, best=m, dynamic=True)
 
 
 def _progress(_: Experiment, v: RunView) -> str:
@@ -175,8 +174,7 @@ class MatrixTable(DataTable):
             if not col.best:
                 continue
             values = [col.sort(e, self.views[e.name]) for e in self.study.experiments]
-            values = [v for v in values if v is not None]
-            best[col.key] = (min(values) if col.best == "min" else max(values)) if len(values) > 1 else None
+            best[col.key] = col.best.best([v for v in values if v is not None])
         changed = best != self._best
         self._best = best
         return changed
