@@ -107,3 +107,39 @@ def test_log_lines_show_what_a_terminal_would() -> None:
 
     assert clean_line("Loading:   0%|    | 0/36\rLoading: 100%|████| 36/36\r") == "Loading: 100%|████| 36/36"
     assert clean_line("\x1b[31mred\x1b[0m\tend") == "red    end"
+
+
+def test_a_resumed_run_has_one_attempt_per_launch_and_only_checkpoints_on_disk(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    from flux_tui.core.fsutil import append_jsonl
+    from flux_tui.tui.screens.detail import status_text, timeline_text
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    run = RunDir(tmp_path / "r")
+    t0 = 1_767_225_600.0
+    events = [  # launched, stopped after 100 s; launched again an hour later, resumed, trained, evaluated
+        ("stage", {"stage": "prepare"}, 0), ("stage", {"stage": "train"}, 10), ("checkpoint", {"step": 10}, 50),
+        ("checkpoint", {"step": 20}, 90), ("step", {"step": 25, "loss": 0.5}, 100),
+        ("stage", {"stage": "prepare"}, 3700), ("resume", {"step": 20, "path": "checkpoints/checkpoint-20"}, 3705),
+        ("stage", {"stage": "train"}, 3710), ("checkpoint", {"step": 30}, 3750), ("stage", {"stage": "generate"}, 3760),
+        ("stage", {"stage": "score"}, 3790),
+    ]  # fmt: skip
+    run.path.mkdir()
+    for kind, data, dt in events:
+        append_jsonl(run.events_jsonl, {"type": kind, "t": t0 + dt, **data})
+    run.write_status(state="done", started_at=t0 + 3700, finished_at=t0 + 3800)
+    (run.checkpoints_dir / "checkpoint-30").mkdir(parents=True)  # the limit kept only the newest
+    tracker = RunTracker(run)
+    tracker.poll()
+    view = tracker.view
+    assert [(a.start - t0, a.last - t0, a.resumed_from) for a in view.attempts] == [(0, 100, None), (3700, 3790, 20)]
+    assert [s for s, _ in view.attempts[1].stages] == ["prepare", "train", "generate", "score"]
+    lines = str(timeline_text(view)).splitlines()
+    assert lines[0] == "attempt 1 2026-01-01 00:00:00"
+    assert lines[2].split() == ["train", "+10s", "1m30s"]  # to its last record, not to the next launch
+    assert lines[3].startswith("attempt 2 2026-01-01 01:01:40  resumed from step 20  after 1h00m stopped")
+    assert lines[4].split() == ["prepare", "+0s", "10s"]  # its own start, not +0s for a stage an hour later
+    assert lines[-1].endswith("total 3m20s in 2 attempts")  # 100 s + 100 s; the hour stopped is not training
+    assert "checkpoints 30\n" in str(status_text(view, run))  # 10 and 20 were deleted by the limit

@@ -16,7 +16,7 @@ from typing import Any
 from flux_tui.core.config import Experiment
 from flux_tui.core.fsutil import TailReader
 from flux_tui.core.metrics import BY_KEY, FACELESS
-from flux_tui.core.runs import RunDir, Status
+from flux_tui.core.runs import STAGES, RunDir, Status
 
 _UNSET = object()
 MAX_LOG_LINES = 5_000  # lines the log pane keeps (and the watcher sends on a reset)
@@ -55,6 +55,27 @@ class SampleSet:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One launch of a run, from its events: a relaunch (a resume after a stop, a re-evaluation) is another.
+    Times are the events' own, so the time a run sat stopped between two attempts is in neither."""
+
+    start: float  # its first stage began
+    stages: tuple[tuple[str, float], ...]  # (stage, time it began)
+    last: float  # its latest event of any kind: where a stopped attempt ended, as far as the folder knows
+    resumed_from: int | None = None  # the checkpoint step it resumed from
+
+
+def _opens_attempt(stage: str, current: dict[str, Any] | None) -> bool:
+    """A stage begins a new attempt when it is `prepare` (every launch of the trainer starts there) or does
+    not follow the attempt's stages in their order (an evaluation started again after scoring)."""
+    if current is None or stage == "prepare":
+        return True
+    order = {s: i for i, s in enumerate(STAGES)}
+    last = current["stages"][-1][0]
+    return order.get(stage, len(order)) <= order.get(last, -1)
+
+
+@dataclass(frozen=True)
 class RunView:
     """A snapshot of one run for the screens. Lists are never mutated after the view is built."""
 
@@ -69,7 +90,8 @@ class RunView:
     eta_s: float | None = None
     mem_peak: int | None = None
     losses: tuple[tuple[int, float], ...] = ()
-    stages: tuple[tuple[str, float], ...] = ()  # (stage, time it began)
+    stages: tuple[tuple[str, float], ...] = ()  # (stage, time it began), every attempt's
+    attempts: tuple[Attempt, ...] = ()
     samples: tuple[SampleSet, ...] = ()  # by step
     eval_images: tuple[EvalImage, ...] = ()  # the final evaluation grid and any checkpoints' ones
     checkpoints: tuple[int, ...] = ()
@@ -133,6 +155,7 @@ class RunTracker:
         self._eval: list[EvalImage] = []
         self._ckpts: list[int] = []
         self._last_step: dict[str, Any] = {}
+        self._attempts: list[dict[str, Any]] = []
 
     def set_queue_pos(self, pos: int | None) -> bool:
         if pos == self.view.queue_pos:
@@ -166,6 +189,9 @@ class RunTracker:
                 mem_peak=last.get("mem_peak"),
                 losses=tuple(self._losses),
                 stages=tuple(self._stages),
+                attempts=tuple(
+                    Attempt(a["start"], tuple(a["stages"]), a["last"], a["resumed_from"]) for a in self._attempts
+                ),
                 samples=tuple(v for _, v in sorted(self._samples.items())),
                 eval_images=tuple(self._eval),
                 checkpoints=tuple(self._ckpts),
@@ -199,8 +225,27 @@ class RunTracker:
                 changed |= self._apply(ev)
         return changed
 
+    def _track_attempt(self, kind: Any, ev: dict[str, Any]) -> None:
+        t = ev.get("t")
+        if not isinstance(t, int | float) or isinstance(t, bool):
+            return
+        current = self._attempts[-1] if self._attempts else None
+        if kind == "stage" and _opens_attempt(str(ev.get("stage")), current):
+            current = {"start": float(t), "stages": [], "last": float(t), "resumed_from": None}
+            self._attempts.append(current)
+        if current is None:
+            return
+        current["last"] = max(current["last"], float(t))
+        if kind == "stage":
+            current["stages"].append((str(ev.get("stage")), float(t)))
+        elif kind == "resume" and isinstance(ev.get("step"), int):
+            current["resumed_from"] = ev["step"]
+
     def _apply(self, ev: dict[str, Any]) -> bool:
         kind = ev.get("type")
+        self._track_attempt(kind, ev)
+        if kind == "resume":
+            return True
         if kind == "step":
             self._last_step = ev
             step, loss = ev.get("step"), ev.get("loss")

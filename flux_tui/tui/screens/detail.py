@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, Static, TabbedContent, TabPane
 
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, HEADLINE, METRICS, N_IMAGES, Metric, metric
-from flux_tui.core.runs import FINISHED, RunDir, elapsed, run_dir
+from flux_tui.core.runs import FINISHED, RunDir, run_dir
 from flux_tui.tui.format import duration, gib
 from flux_tui.tui.messages import RunsChanged
 from flux_tui.tui.runview import (
@@ -46,28 +46,53 @@ def clock(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
-def timeline_text(view: RunView) -> Text:
-    """Stages in order with when each began and how long it took."""
-    st = view.status
-    out = Text()
-    if not view.stages and st.started_at is None:
-        return Text("not started", style="dim")
-    if st.started_at:
-        out += Text(f"started   {clock(st.started_at)}\n")
-    stages = list(view.stages)
-    end = st.finished_at if st.state in FINISHED and st.finished_at else time.time()
-    for i, (stage, t) in enumerate(stages):
-        nxt = stages[i + 1][1] if i + 1 < len(stages) else end
-        live = i + 1 == len(stages) and st.state not in FINISHED
-        out += Text(f"{stage:<9} ", style="bold") + Text(f"+{duration(t - (st.started_at or t)):>7}  ")
-        out += Text(
-            f"{duration(max(0.0, nxt - t))}{' so far' if live else ''}\n", style="yellow" if live else ""
-        )
+def _attempt_end(view: RunView, i: int) -> tuple[float, bool]:
+    """When attempt `i` ended (or now, still going), and whether it is still going."""
+    attempt, st = view.attempts[i], view.status
+    if i + 1 < len(view.attempts):
+        return attempt.last, False
     if st.state in FINISHED:
-        took = elapsed(st)
-        out += Text(f"{st.state:<9} ", style="bold") + Text(
-            f"{clock(st.finished_at)}  total {duration(took)}\n"
-        )
+        end = st.finished_at if st.finished_at and st.finished_at >= attempt.start else attempt.last
+        return end, False
+    return max(time.time(), attempt.last), True
+
+
+def _stage_lines(view: RunView, i: int) -> Text:
+    attempt = view.attempts[i]
+    end, live = _attempt_end(view, i)
+    out = Text()
+    for j, (stage, t) in enumerate(attempt.stages):
+        last = j + 1 == len(attempt.stages)
+        nxt = end if last else attempt.stages[j + 1][1]
+        going = last and live
+        out += Text(f"{stage:<9} ", style="bold") + Text(f"{'+' + duration(t - attempt.start):>8}  ")
+        out += Text(f"{duration(max(0.0, nxt - t))}{' so far' if going else ''}\n", style="yellow" if going else "")
+    return out
+
+
+def timeline_text(view: RunView) -> Text:
+    """Stages in order with when each began and how long it took, attempt by attempt: a run stopped and
+    launched again shows each launch with its own start, and the time it sat stopped counts in neither."""
+    st = view.status
+    if not view.attempts:
+        return Text(f"started   {clock(st.started_at)}\n") if st.started_at else Text("not started", style="dim")
+    out = Text()
+    several = len(view.attempts) > 1
+    for i, attempt in enumerate(view.attempts):
+        if several:
+            out += Text(f"attempt {i + 1} ", style="bold") + Text(f"{clock(attempt.start)}")
+            if attempt.resumed_from is not None:
+                out += Text(f"  resumed from step {attempt.resumed_from}")
+            if i:
+                out += Text(f"  after {duration(attempt.start - view.attempts[i - 1].last)} stopped", style="dim")
+            out += Text("\n")
+        else:
+            out += Text(f"started   {clock(attempt.start)}\n")
+        out += _stage_lines(view, i)
+    if st.state in FINISHED:
+        active = sum(_attempt_end(view, i)[0] - a.start for i, a in enumerate(view.attempts))
+        over = f" in {len(view.attempts)} attempts" if several else ""
+        out += Text(f"{st.state:<9} ", style="bold") + Text(f"{clock(st.finished_at)}  total {duration(active)}{over}\n")
     return out
 
 
@@ -87,8 +112,9 @@ def status_text(view: RunView, run: RunDir, root: Path | None = None) -> Text:
         if view.mem_peak:
             out += Text(f"  peak GPU memory {gib(view.mem_peak)} GiB")
         out += Text("\n")
-    if view.checkpoints:
-        out += Text(f"checkpoints {', '.join(str(s) for s in view.checkpoints[-5:])}\n")
+    kept = [p.name.removeprefix("checkpoint-") for p in run.checkpoints()]  # on disk now, not every one saved
+    if kept:
+        out += Text(f"checkpoints {', '.join(kept[-5:])}" + (f" ({len(kept)} kept)" if len(kept) > 5 else "") + "\n")
     if st.exit_code is not None:
         out += Text(f"exit code {st.exit_code}\n")
     if st.message:
