@@ -45,7 +45,8 @@ def cell(app: FluxApp, name: str, column: str) -> str:
 def fast_app(study, **kwargs) -> FluxApp:
     kwargs.setdefault("run_queue", False)
     kwargs.setdefault("telemetry", FixedTelemetry())
-    return FluxApp(study, interval=0.05, status_every=0.05, telemetry_every=0.2, **kwargs)
+    kwargs.setdefault("status_every", 0.05)
+    return FluxApp(study, interval=0.05, telemetry_every=0.2, **kwargs)
 
 
 async def test_matrix_shows_each_runs_state_progress_and_scores_with_the_best_marked(workspace) -> None:
@@ -115,6 +116,11 @@ async def test_filter_by_text_and_escape_clears_it(workspace) -> None:
         await pilot.press(*" fail")  # every word must match
         await until(pilot, lambda: matrix(app).visible_names() == ["exp05"])
         assert "1 shown" in str(app.screen.query_one("#summary", Static).render())
+        await pilot.press(*"zzz")  # nothing matches: no run's loss, log or sample stays on show
+        await until(pilot, lambda: matrix(app).visible_names() == [])
+        assert app.screen.query_one(LossPlot).border_title == "loss"
+        assert app.screen.query_one(LogPane).border_title == "train.log"
+        await pilot.press(*["backspace"] * 4)
         await pilot.press("escape")
         await until(pilot, lambda: len(matrix(app).visible_names()) == 6)
         assert app.focused is matrix(app)
@@ -229,6 +235,9 @@ async def test_detail_screen_shows_config_timeline_scores_and_image_grid(workspa
         thumbs = await until(pilot, lambda: len(grid.query(Thumbnail)) == 4 and list(grid.query(Thumbnail)))
         assert [t.caption.split("\n")[0] for t in thumbs][:2] == ["a photo of cr7man", "cr7man smiling at camera"]
         assert thumbs[0].query_one(ImageWidget).image is not None
+        screen.query_one("#detail-tabs Tabs").focus()
+        await pilot.press("tab")  # from the tabs, the first tab stop is the first image (no invisible frame)
+        assert app.focused is thumbs[0]
         thumbs[1].focus()
         await pilot.press("enter")
         full = await until(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen)
@@ -273,7 +282,7 @@ async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail
     async with app.run_test(size=SIZE) as pilot:
         await app.ready.wait()
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        for expected in ("Launch/resume", "Queue all", "Stop", "Detail", "Filter", "Sort", "Help",
+        for expected in ("Launch", "Queue all", "Stop", "Detail", "Filter", "Sort", "Help",
                          "Sort by loss", "Sort by CLIP↑", "Detail of exp03"):  # fmt: skip
             assert expected in titles, expected
         await pilot.press("ctrl+p")
@@ -331,3 +340,155 @@ async def test_a_queued_runs_state_lives_on_disk(tmp_path: Path) -> None:
         await until(pilot, lambda: cell(app, "exp06", "progress") == "queue #5")
         states = {n: RunDir(study.workspace.runs_dir / n).status().state for n in study.names}
         assert states == {"exp01": "done", **{n: QUEUED for n in study.names[1:]}}
+
+
+def notices(app: FluxApp) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+STANDIN = Path(__file__).with_name("standin_trainer.py").resolve()
+ADDED_ROW = '\n[[experiment]]\nnumber = 7\nname = "exp07"\ngroup = "Added live"\nlearning_rate = 2e-4\nlora_rank = 4\n'
+
+
+async def test_the_study_file_is_live_rows_problems_and_launches_use_the_file_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flux_tui.core import launch
+
+    # Launches start the stand-in trainer (the trainer's folder protocol in a second, no torch).
+    monkeypatch.setattr(launch, "engine_command", lambda run, *extra: [sys.executable, "-u", str(STANDIN), str(run.path)])
+    monkeypatch.setenv("STANDIN_STEPS", "5")
+    study = make_study(tmp_path / "ws")
+    original = study.file.read_text()
+    # The watcher looks at the file only when poked here, so the launch below must find the edit by itself.
+    app = fast_app(study, run_queue=True, status_every=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        assert app.watcher is not None
+        # An added row appears without a restart.
+        study.file.write_text(original + ADDED_ROW)
+        app.watcher.poke()
+        await until(pilot, lambda: "exp07" in matrix(app).visible_names(), what="the new row")
+        assert cell(app, "exp07", "rank") == "4" and cell(app, "exp07", "lr") == "0.0002"
+        # A broken file: its problems with file:line, and the last good matrix stays.
+        broken = original.replace("lora_rank = 32", "lora_rank = 0", 1) + ADDED_ROW
+        study.file.write_text(broken)
+        app.watcher.poke()
+        box = app.screen.query_one("#study-problems", Static)
+        await until(pilot, lambda: box.display, what="the problems")
+        line = broken.splitlines().index("lora_rank = 0") + 1
+        assert f"{study.file}:{line}: [[experiment]] #2.lora_rank: expected an integer >= 1" in str(box.render())
+        assert "exp07" in matrix(app).visible_names() and cell(app, "exp02", "rank") == "32"
+        matrix(app).select("exp02")
+        await pilot.press("enter")  # nothing launches from a file with problems
+        await until(pilot, lambda: "fix it first; nothing was launched" in notices(app))
+        assert not RunDir(study.workspace.runs_dir / "exp02").run_json.exists()
+        # Fixed with another rank, then launched at once: the launch reads the file, not the matrix's copy.
+        study.file.write_text(original.replace("lora_rank = 32", "lora_rank = 24", 1) + ADDED_ROW)
+        await pilot.press("enter")
+        run = RunDir(study.workspace.runs_dir / "exp02")
+        await until(pilot, lambda: run.status().state == "done", 30, "the launched run to finish")
+        assert run.config()["lora_rank"] == 24
+        app.watcher.poke()
+        await until(pilot, lambda: cell(app, "exp02", "rank") == "24" and not box.display)
+
+
+async def test_R_resets_a_run_after_asking_and_keeps_its_folder(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        matrix(app).select("exp03")  # running: refused without a question
+        await pilot.press("R")
+        await until(pilot, lambda: "exp03 is running: stop it first" in notices(app))
+        matrix(app).select("exp05")
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        question = str(app.screen.query_one("Label").render())
+        assert "runs/.old/exp05-" in question and "kept, not deleted" in question
+        await pilot.press("n")
+        assert RunDir(study.workspace.runs_dir / "exp05").exists()
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: cell(app, "exp05", "state") == "new")
+        (kept,) = (study.workspace.runs_dir / ".old").iterdir()
+        assert kept.name.startswith("exp05-") and (kept / "status.json").is_file()
+        assert f"exp05 reset: its old folder is kept as runs/.old/{kept.name}" in notices(app)
+
+
+def test_help_lists_every_binding_of_every_screen() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    from textual.screen import Screen
+
+    import flux_tui.tui.screens as screens
+    from flux_tui.tui.screens.help import as_bindings, help_markdown, key_label
+
+    text = help_markdown()
+    classes = [FluxApp, Thumbnail]
+    for info in pkgutil.iter_modules(screens.__path__):
+        module = importlib.import_module(f"flux_tui.tui.screens.{info.name}")
+        classes += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(c, Screen) and c.__module__ == module.__name__ and "BINDINGS" in c.__dict__]  # fmt: skip
+    assert len(classes) >= 10
+    for cls in classes:
+        for b in as_bindings(list(cls.BINDINGS)):
+            assert f"| {key_label(b)} | **{b.description}**" in text, (cls.__name__, b.key)
+    # The leaderboard's keys that were missing, and what the scheduler really does with a run.
+    assert "| `i` | **Identity**" in text and "then move down a row" in text
+    prose = " ".join(text.split())
+    assert "goes to the least busy GPU" in prose and "to the GPU with the most free memory" in prose
+
+
+async def test_at_80x24_every_view_keeps_help_and_quit_in_its_key_bar(workspace) -> None:
+    from flux_tui.tui.widgets.keybar import KeyBar
+
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.ready.wait()
+        for key in ("1", "2", "3", "4"):
+            await pilot.press("escape", key)
+            await pilot.pause(0.2)
+            bar = str(app.screen.query_one(KeyBar).render())
+            if key == "4":  # the playground starts in its prompt field, where q and ? are typed: esc leaves it
+                assert " esc Leave form " in bar and " q Quit " not in bar
+                await pilot.press("escape")
+                await pilot.pause(0.2)
+                bar = str(app.screen.query_one(KeyBar).render())
+            assert " ? Help " in bar and " q Quit " in bar, (key, bar)
+            assert len(bar) <= 80
+        await pilot.press("escape", "1")
+        bar = str(app.screen.query_one(KeyBar).render())
+        assert bar.startswith(" ⏎ Launch  a Queue all  x Stop  d Detail  / Filter  s Sort ")
+        # The matrix keeps the columns that matter most: state, progress, loss and the scores.
+        shown = [c.key for c in matrix(app).columns_shown]
+        assert {"name", "state", "progress", "loss", "face_distance", "clip_score"} <= set(shown)
+        assert cell(app, "exp01", "face_distance") == "0.7571"
+
+
+def test_the_key_bar_makes_room_in_order_and_never_drops_help_or_quit() -> None:
+    from textual.binding import Binding
+
+    from flux_tui.tui.widgets.keybar import Entry, fit
+
+    sort, views = Binding.Group("sort", compact=True), Binding.Group("views", compact=True)
+    own = [Entry("f", "f", "Face dist", group=sort), Entry("c", "c", "CLIP", group=sort), Entry("v", "v", "Compare")]
+    shared = [Entry("?", "?", "Help", kept=True), Entry("q", "q", "Quit", kept=True),
+              Entry("1", "1", "Matrix", group=views), Entry("2", "2", "Leaderboard", group=views)]  # fmt: skip
+    palette = Entry("ctrl+p", "^p", "palette")
+
+    def shown(width: int) -> str:
+        entries, pal = fit(own + shared, palette, width)
+        return " ".join(f"{e.label} {e.description}" for e in entries) + (" | ^p" if pal else "")
+
+    assert shown(86) == "f Face dist c CLIP v Compare ? Help q Quit 1 Matrix 2 Leaderboard | ^p"
+    assert shown(85) == "f Face dist c CLIP v Compare ? Help q Quit 12 views | ^p"  # the last group folds first
+    assert shown(70) == "fc sort v Compare ? Help q Quit 12 views | ^p"
+    assert shown(58) == "fc sort v Compare ? Help q Quit 12 views"  # then the palette key goes
+    assert shown(45) == "fc sort v Compare ? Help q Quit"  # then the views, then the view's keys from the last
+    assert shown(30) == "fc sort ? Help q Quit"
+    assert shown(5) == "? Help q Quit"

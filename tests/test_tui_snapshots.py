@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tui_scenes import SCENES, SIZE, Scene, SceneWorkspace
+from tui_scenes import SCENES, SIZE, SMALL, SMALL_SCENES, Scene, SceneWorkspace
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,14 @@ def test_screen(scene: Scene, scene_workspace: SceneWorkspace, snap_compare) -> 
     assert snap_compare(scene_workspace.app(scene), terminal_size=SIZE, run_before=scene.run_before)
 
 
+@pytest.mark.parametrize("scene", SMALL_SCENES, ids=[s.name for s in SMALL_SCENES])
+def test_screen_80x24(scene: Scene, scene_workspace: SceneWorkspace, snap_compare) -> None:
+    assert snap_compare(scene_workspace.app(scene), terminal_size=SMALL, run_before=scene.run_before)
+
+
 def test_every_scene_has_a_snapshot() -> None:
     stored = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
     if stored.is_dir():  # after the first --snapshot-update
         names = {p.stem for p in stored.glob("*.svg")}
         assert {f"test_screen[{s.name}]" for s in SCENES} <= names
+        assert {f"test_screen_80x24[{s.name}]" for s in SMALL_SCENES} <= names

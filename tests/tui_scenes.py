@@ -24,6 +24,7 @@ from flux_tui.tui.runview import RunGpu
 from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
 
 SIZE = (160, 45)
+SMALL = (80, 24)  # the smallest terminal the dashboard is laid out for
 FAKE_PID = 48213  # what the gauges show for the running run, instead of the real (changing) pid
 
 
@@ -170,6 +171,11 @@ SCENES = [
     Scene("effects", "Effects: steps, the runs that differ only in it, charts and readings",
           _view("3", "right_square_bracket", "right_square_bracket", "right_square_bracket"), sweep=True),
 ]
+
+
+# The main views again at 80x24: fewer columns by priority, panes stacked, the key bar keeping ? and q.
+SMALL_SCENES = [s for s in SCENES if s.name in
+                ("dashboard", "dashboard_gpu", "detail_overview", "leaderboard", "compare", "effects", "help")]  # fmt: skip
 
 
 class SceneWorkspace:

@@ -20,14 +20,23 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from flux_tui.core import reset
 from flux_tui.core.config import Study
 from flux_tui.core.runs import QUEUED, RUNNING, run_dir
 from flux_tui.core.scheduler import Outcome, Scheduler
+from flux_tui.core.studyfile import StudyFile
 from flux_tui.core.telemetry import Sample, Telemetry
 from flux_tui.tui.feeds import LiveFeeds
-from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
+from flux_tui.tui.messages import (
+    LogLines,
+    RunsChanged,
+    RunsStarted,
+    StudyChanged,
+    TelemetryRead,
+    WatcherFailed,
+)
 from flux_tui.tui.runview import RunGpu, RunView
-from flux_tui.tui.screens import VIEWS
+from flux_tui.tui.screens import VIEW_KEYS, VIEWS
 from flux_tui.tui.watcher import Watcher
 from flux_tui.tui.widgets.matrix import COLUMNS
 
@@ -36,11 +45,16 @@ class FluxApp(App[int]):
     TITLE = "flux-tui"
     CSS_PATH = "styles.tcss"
     MODES = {v.mode: v.factory for v in VIEWS}
+    # Screens get these classes by terminal size; styles.tcss and the screens lay out small terminals with them.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     DEFAULT_MODE = VIEWS[0].mode
     BINDINGS = [
-        Binding("q", "quit", "Quit (runs keep going)"),
-        Binding("question_mark", "help", "Help"),
-        *(Binding(v.key, f"switch_mode('{v.mode}')", v.title, show=len(VIEWS) > 1) for v in VIEWS),
+        Binding("question_mark", "help", "Help", tooltip="this help: every key of every view, the states, where runs go"),
+        Binding("q", "quit", "Quit", tooltip="quit the dashboard: the runs keep going, queued runs still start as "
+                "slots free, and the next dashboard finds them"),
+        *(Binding(v.key, f"switch_mode('{v.mode}')", v.title, show=len(VIEWS) > 1, group=VIEW_KEYS,
+                  tooltip=f"switch to the {v.title.lower()}") for v in VIEWS),  # fmt: skip
     ]
 
     def __init__(
@@ -58,6 +72,8 @@ class FluxApp(App[int]):
         `run_queue=False` watches without starting queued runs (keys still act on the selected run)."""
         super().__init__()
         self.study = study
+        self.study_file = StudyFile(study)  # the file on disk now: watched, and checked before each launch
+        self.study_problems: list = []  # why the file on disk cannot be used (the last good study stays)
         self.sub_title = study.file.name
         self.telemetry = Telemetry() if telemetry == "auto" else telemetry
         self.scheduler = scheduler or Scheduler(study, gpus=self._gpus)
@@ -74,6 +90,7 @@ class FluxApp(App[int]):
                 self.post_message,
                 scheduler=self.scheduler if run_queue else None,
                 telemetry=self.telemetry,
+                study_file=self.study_file,
                 **watch_intervals,
             )
         for exp in study.experiments:  # the first frame shows each run's state without waiting
@@ -104,6 +121,25 @@ class FluxApp(App[int]):
         self.feeds.runs.publish(message)
         if message.first:
             self.ready.set()
+
+    def on_study_changed(self, message: StudyChanged) -> None:
+        name = self.study.file.name
+        had_problems = bool(self.study_problems)
+        self.study_problems = list(message.problems) if message.study is None else []
+        if message.study is None:
+            self.notify(f"{len(message.problems)} problem(s), listed above the matrix; the matrix shows the last "
+                        "good version and nothing is launched until the file is fixed", title=f"{name} changed",
+                        severity="error", timeout=10)  # fmt: skip
+        else:
+            changes = study_changes(self.study, message.study)
+            if had_problems or ";" in changes:  # a save that changed nothing says nothing
+                self.notify(changes, title=f"{name} reloaded")
+            self.study = message.study
+            self.scheduler.study = message.study
+            self.views = dict(message.views)
+            for problem in message.study.warnings:
+                self.notify(str(problem), title=name, severity="warning", timeout=15)
+        self.feeds.study.publish(message)
 
     def on_log_lines(self, message: LogLines) -> None:
         self.feeds.log.publish(message)
@@ -148,11 +184,24 @@ class FluxApp(App[int]):
         r = results[0]
         self.notify(r.message, severity="information" if r.ok else "warning")
 
+    def _file_as_on_disk(self) -> Outcome | None:
+        """Bring the scheduler to the study file as it is now, right before a launch (the watcher may not have
+        looked yet); an Outcome saying why not when the file has problems."""
+        self.study_file.check()
+        if self.study_file.problems:
+            return Outcome(False, f"{self.study.file.name} has {len(self.study_file.problems)} problem(s) "
+                           "(listed above the matrix): fix it first; nothing was launched")  # fmt: skip
+        self.scheduler.study = self.study_file.study
+        return None
+
     def do_submit(self, name: str) -> None:
-        self._act(partial(self.scheduler.submit, name))
+        self._act(lambda: self._file_as_on_disk() or self.scheduler.submit(name))
 
     def do_queue_all(self) -> None:
-        self._act(self.scheduler.queue_all)
+        self._act(lambda: self._file_as_on_disk() or self.scheduler.queue_all())
+
+    def do_reset(self, name: str) -> None:
+        self._act(partial(reset_outcome, self.study, name))
 
     def do_stop(self, name: str, kill: bool = False) -> None:
         if not kill:
@@ -179,7 +228,8 @@ class FluxApp(App[int]):
             if not b.description or b.action in seen or b.action == "quit":
                 continue
             seen.add(b.action)
-            yield SystemCommand(b.description, f"key: {b.key_display or b.key}",
+            key = f"key: {b.key_display or b.key}"
+            yield SystemCommand(b.description, f"{key} · {b.tooltip}" if b.tooltip else key,
                                 partial(self.run_action, b.action, active.node))  # fmt: skip
         dashboard = self._dashboard()  # the matrix, when in the current mode's stack (under a detail, say)
         if dashboard is not None:
@@ -215,6 +265,33 @@ class FluxApp(App[int]):
             lines.append("flux-tui: no run is running.")
         lines.append(f"Reopen with: flux-tui {self.study.file}   (or from a shell: flux-tui status -f {self.study.file})")
         return "\n".join(lines)
+
+
+def study_changes(old: Study, new: Study) -> str:
+    """`7 experiments: exp07 added; exp02 removed; exp03 changed`."""
+    before = {e.name: e.config_hash for e in old.experiments}
+    after = {e.name: e.config_hash for e in new.experiments}
+    parts = [f"{len(after)} experiment(s)"]
+    for what, names in (("added", [n for n in after if n not in before]),
+                        ("removed", [n for n in before if n not in after]),
+                        ("changed", [n for n in after if n in before and before[n] != after[n]])):  # fmt: skip
+        if names:
+            parts.append(f"{', '.join(names)} {what}")
+    return "; ".join(parts)
+
+
+def reset_outcome(study: Study, name: str) -> Outcome:
+    """Reset a run (core/reset.py) and say what happened, as the other actions do."""
+    try:
+        done = reset.reset_run(run_dir(study, name))
+    except reset.ResetRefused as exc:
+        return Outcome(False, str(exc), name)
+    if done.moved_to is None:
+        return Outcome(False, f"{name} has no folder: nothing to reset", name)
+    where = done.moved_to.relative_to(study.workspace.root) if done.moved_to.is_relative_to(
+        study.workspace.root) else done.moved_to  # fmt: skip
+    return Outcome(True, f"{name} reset: its old folder is kept as {where}; the next launch trains it from scratch",
+                   name)  # fmt: skip
 
 
 def run_dashboard(study: Study) -> int:

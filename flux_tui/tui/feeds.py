@@ -1,5 +1,5 @@
 """The app's live data, as Textual signals a screen subscribes to on mount: the runs that changed, the
-followed run's new log lines, the machine's readings. Textual drops a screen's subscriptions when the
+followed run's new log lines, the machine's readings, the study file's new contents. Textual drops a screen's subscriptions when the
 screen goes, so a screen never hears of data after it closed, nor before it is mounted."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from textual.dom import DOMNode
 from textual.signal import Signal
 
-from flux_tui.tui.messages import LogLines, RunsChanged, TelemetryRead
+from flux_tui.tui.messages import LogLines, RunsChanged, StudyChanged, TelemetryRead
 
 
 class LiveFeeds:
@@ -17,3 +17,4 @@ class LiveFeeds:
         self.runs: Signal[RunsChanged] = Signal(owner, "runs")
         self.log: Signal[LogLines] = Signal(owner, "log")
         self.telemetry: Signal[TelemetryRead] = Signal(owner, "telemetry")
+        self.study: Signal[StudyChanged] = Signal(owner, "study")  # the study file changed (or broke)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from flux_tui.core.config import Problem, Study
 from flux_tui.core.telemetry import Sample
 from flux_tui.tui.runview import RunGpu, RunView
 
@@ -37,6 +38,16 @@ class TelemetryRead(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, TelemetryRead)  # a newer reading makes a waiting one stale
+
+
+@dataclass
+class StudyChanged(Message):
+    """The study file changed on disk: `study` is the file as it is now (with `views` of all its runs), or None
+    when it no longer validates (`problems` says why; the last good study stays in use)."""
+
+    study: Study | None
+    problems: list[Problem]
+    views: dict[str, RunView]
 
 
 @dataclass

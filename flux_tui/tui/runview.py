@@ -157,6 +157,11 @@ class RunTracker:
         self._last_step: dict[str, Any] = {}
         self._attempts: list[dict[str, Any]] = []
 
+    def set_experiment(self, experiment: Experiment) -> None:
+        """The study file changed: judge staleness against this experiment from the next poll on."""
+        self.experiment = experiment
+        self._status_key = _UNSET
+
     def set_queue_pos(self, pos: int | None) -> bool:
         if pos == self.view.queue_pos:
             return False

@@ -1,8 +1,9 @@
 """The watcher thread: everything that touches the disk or the machine, off the event loop.
 
-Every `interval` it reads the followed run's new train.log bytes; every `status_every` the run folders
-(status, events, scores; only what changed); every `tick_every` it lets the scheduler start queued runs;
-every `telemetry_every` it reads the GPUs and the host. Results go to the app as messages, in batches.
+Every `interval` it reads the followed run's new train.log bytes; every `status_every` the study file's stat
+(re-read when it changed) and the run folders (status, events, scores; only what changed); every `tick_every`
+it lets the scheduler start queued runs (not while the study file has problems); every `telemetry_every` it
+reads the GPUs and the host. Results go to the app as messages, in batches.
 It polls rather than relying on inotify, which does not see writes made on another NFS client.
 """
 
@@ -20,8 +21,16 @@ from flux_tui.core.config import Study
 from flux_tui.core.fsutil import TailReader
 from flux_tui.core.runs import RUNNING, run_dir
 from flux_tui.core.scheduler import Scheduler
+from flux_tui.core.studyfile import StudyFile
 from flux_tui.core.telemetry import Telemetry, process_tree
-from flux_tui.tui.messages import LogLines, RunsChanged, RunsStarted, TelemetryRead, WatcherFailed
+from flux_tui.tui.messages import (
+    LogLines,
+    RunsChanged,
+    RunsStarted,
+    StudyChanged,
+    TelemetryRead,
+    WatcherFailed,
+)
 from flux_tui.tui.runview import MAX_LOG_LINES, RunGpu, RunTracker
 
 LOG_INITIAL_BYTES = 512 * 1024  # of a long log, the first read shows only its end
@@ -45,6 +54,7 @@ class Watcher(threading.Thread):
         *,
         scheduler: Scheduler | None = None,
         telemetry: Telemetry | None = None,
+        study_file: StudyFile | None = None,
         interval: float = 0.1,
         status_every: float = 0.25,
         tick_every: float = 1.0,
@@ -55,6 +65,8 @@ class Watcher(threading.Thread):
         self.post = post
         self.scheduler = scheduler
         self.telemetry = telemetry
+        self.study_file = study_file
+        self._study_generation = study_file.generation if study_file else 0
         self.interval = interval
         self.status_every = status_every
         self.tick_every = tick_every
@@ -94,7 +106,9 @@ class Watcher(threading.Thread):
             self._wake.clear()
             try:
                 self._read_log()
-                if self.scheduler is not None and (woken or now - last_tick >= self.tick_every):
+                if first or woken or now - last_status >= self.status_every:
+                    self._read_study()
+                if self._can_launch() and (woken or now - last_tick >= self.tick_every):
                     last_tick = now
                     started = self.scheduler.tick()
                     if started:
@@ -112,6 +126,38 @@ class Watcher(threading.Thread):
                 if self._errors <= 3:
                     self.post(WatcherFailed(traceback.format_exc(limit=3)))
             self._wake.wait(self.interval)
+
+    def _can_launch(self) -> bool:
+        return self.scheduler is not None and not (self.study_file and self.study_file.problems)
+
+    def _read_study(self) -> None:
+        """Follow the study file: new trackers for new runs, staleness judged against the new settings, the
+        scheduler launching with them; the app hears of it (or of the file's problems)."""
+        sf = self.study_file
+        if sf is None:
+            return
+        sf.check()  # the app may have checked it too, right before a launch: the generation tells
+        if sf.generation == self._study_generation:
+            return
+        self._study_generation = sf.generation
+        if sf.problems:
+            self.post(StudyChanged(None, list(sf.problems), {}))
+            return
+        study = sf.study
+        if study is not self.study:
+            self.study = study
+            if self.scheduler is not None:
+                self.scheduler.study = study
+            trackers = {}
+            for exp in study.experiments:
+                tracker = self.trackers.get(exp.name)
+                if tracker is None or tracker.run.path != run_dir(study, exp.name).path:
+                    tracker = RunTracker(run_dir(study, exp.name), exp)
+                tracker.set_experiment(exp)
+                tracker.poll()
+                trackers[exp.name] = tracker
+            self.trackers = trackers
+        self.post(StudyChanged(study, list(study.warnings), {n: t.view for n, t in self.trackers.items()}))
 
     def _read_log(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from textual.binding import Binding
 from textual.screen import Screen
 
 
@@ -15,31 +16,37 @@ class View:
     mode: str  # Textual mode name
     key: str  # the key that switches to it
     title: str
-    factory: Callable[[], Screen]
+    load: Callable[[], type[Screen]]  # the screen's class, imported when first needed
+
+    def factory(self) -> Screen:
+        return self.load()()
 
 
-def _dashboard() -> Screen:
+VIEW_KEYS = Binding.Group("views", compact=True)  # the view switches fold into one key-bar entry when narrow
+
+
+def _dashboard() -> type[Screen]:
     from flux_tui.tui.screens.dashboard import DashboardScreen
 
-    return DashboardScreen()
+    return DashboardScreen
 
 
-def _leaderboard() -> Screen:
+def _leaderboard() -> type[Screen]:
     from flux_tui.tui.screens.leaderboard import LeaderboardScreen
 
-    return LeaderboardScreen()
+    return LeaderboardScreen
 
 
-def _effects() -> Screen:
+def _effects() -> type[Screen]:
     from flux_tui.tui.screens.effects import EffectsScreen
 
-    return EffectsScreen()
+    return EffectsScreen
 
 
-def _playground() -> Screen:
+def _playground() -> type[Screen]:
     from flux_tui.tui.screens.playground import PlaygroundScreen
 
-    return PlaygroundScreen()
+    return PlaygroundScreen
 
 
 VIEWS: list[View] = [

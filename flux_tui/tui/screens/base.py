@@ -8,7 +8,7 @@ from textual.screen import Screen
 
 from flux_tui.core.config import Study
 from flux_tui.tui.feeds import LiveFeeds
-from flux_tui.tui.messages import RunsChanged
+from flux_tui.tui.messages import RunsChanged, StudyChanged
 from flux_tui.tui.runview import outcomes_changed
 
 
@@ -22,6 +22,8 @@ class StudyHost(Protocol):
 class StudyScreen(Screen):
     """A screen over the study's run folders: `study` is the one given (tests), else the app's. A screen that
     follows live data subscribes to `self.feeds` in its `on_mount`."""
+
+    HELP_WIDGETS: tuple[type, ...] = ()  # widgets whose keys the help lists with the screen's own
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,6 +56,11 @@ class OutcomeScreen(StudyScreen):
 
     def on_mount(self) -> None:
         self.feeds.runs.subscribe(self, self._runs_changed)
+        self.feeds.study.subscribe(self, self._study_changed)
+
+    def _study_changed(self, message: StudyChanged) -> None:
+        if message.study is not None and self.loaded and self.is_current:
+            self.action_reload()  # runs added or removed, settings changed: shown again when it is next resumed
 
     def _runs_changed(self, message: RunsChanged) -> None:
         if outcomes_changed(self._outcomes, message.views) and self.loaded and self.is_current:

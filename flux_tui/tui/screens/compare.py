@@ -13,7 +13,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
-from textual.widgets import Footer, Header, Label, Static
+from textual.widgets import Header, Label, Static
 
 from flux_tui.core.config import Study
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, FACELESS, N_IMAGES, NO_FACE, metric
@@ -22,6 +22,7 @@ from flux_tui.tui.runview import image_name
 from flux_tui.tui.runview import per_image as per_image_scores
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.widgets.keybar import KeyBar
 
 CELL_W = 26  # Thumbnail's width
 CLIP, FACE = metric(CLIP_SCORE), metric(FACE_DISTANCE)
@@ -91,6 +92,7 @@ def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str],
 
 
 class CompareScreen(StudyScreen):
+    HELP_WIDGETS = (Thumbnail,)
     DEFAULT_CSS = f"""
     CompareScreen #cmp-grid {{ height: 1fr; overflow: auto auto; }}
     CompareScreen .cmp-row {{ height: auto; width: auto; }}
@@ -101,8 +103,8 @@ class CompareScreen(StudyScreen):
     CompareScreen #cmp-note {{ height: auto; padding: 0 1; color: $text-muted; }}
     """
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("r", "reload", "Reload"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to the leaderboard"),
+        Binding("r", "reload", "Reload", tooltip="read the runs' images and scores again"),
     ]
 
     def __init__(self, names: list[str], study: Study | None = None, **kwargs: Any) -> None:
@@ -115,8 +117,8 @@ class CompareScreen(StudyScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("loading images…", id="cmp-note")
-        yield ScrollableContainer(id="cmp-grid")
-        yield Footer()
+        yield ScrollableContainer(id="cmp-grid", can_focus=False)  # the thumbnails are the tab stops
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.sub_title = "compare " + ", ".join(self.names)

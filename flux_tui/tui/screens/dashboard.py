@@ -7,19 +7,21 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
-from flux_tui.core.runs import QUEUED, RUNNING
-from flux_tui.tui.messages import LogLines, RunsChanged, TelemetryRead
+from flux_tui.core.runs import QUEUED, RUNNING, run_dir
+from flux_tui.tui.messages import LogLines, RunsChanged, StudyChanged, TelemetryRead
 from flux_tui.tui.runview import RunView
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.widgets.gauges import GaugesPanel
+from flux_tui.tui.widgets.keybar import KeyBar
 from flux_tui.tui.widgets.logpane import LogPane
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import COLUMNS, MatrixTable
@@ -33,15 +35,20 @@ DEMO_MARKER = ".flux-tui-demo.json"  # written by the demo builder at the worksp
 
 class DashboardScreen(StudyScreen):
     BINDINGS = [
-        Binding("enter", "launch", "Launch/resume", priority=True),
-        Binding("a", "queue_all", "Queue all"),
-        Binding("x", "stop", "Stop"),
-        Binding("d", "detail", "Detail"),
-        Binding("slash", "filter", "Filter"),
-        Binding("s", "sort", "Sort"),
-        Binding("l", "focus_log", "Log", show=False),
-        Binding("escape", "back_to_matrix", "Matrix", show=False),
-    ]
+        Binding("enter", "launch", "Launch", priority=True, tooltip="launch the selected run now, or resume it from "
+                "its last checkpoint (first in the queue when every slot is busy)"),
+        Binding("a", "queue_all", "Queue all", tooltip="queue every run that is not done yet"),
+        Binding("x", "stop", "Stop", tooltip="stop the selected run: SIGTERM to its process group, so it saves a "
+                "checkpoint; x again offers SIGKILL. On a queued run: take it off the queue (back to new)"),
+        Binding("d", "detail", "Detail", tooltip="the run's detail: config, stage timeline, loss curve, scores, images"),
+        Binding("slash", "filter", "Filter", tooltip="filter rows by text (every word must match); esc clears"),
+        Binding("s", "sort", "Sort", tooltip="sort by a column (again: reverse); a click on a header does the same"),
+        Binding("R", "reset", "Reset", show=False, tooltip="reset the selected run (a stale one, say): its folder "
+                "moves to runs/.old/<name>-<time>/, kept, and it trains from scratch with the file's settings"),
+        Binding("l", "focus_log", "Log", show=False, tooltip="move into the log pane (scroll up to stop following; "
+                "end follows again)"),
+        Binding("escape", "back_to_matrix", "Matrix", show=False, tooltip="back to the matrix from the log or filter"),
+    ]  # fmt: skip
 
     app: FluxApp
 
@@ -60,8 +67,9 @@ class DashboardScreen(StudyScreen):
                 "dashboard works, not the quality of a fine-tune.",
                 id="demo-banner",
             )
+        yield Static(id="study-problems")
         with Horizontal(id="toolbar"):
-            yield Input(placeholder="/ filter: words in any column (name, group, state, …)", id="filter")
+            yield Input(placeholder="/ filter: name, state, lr…", id="filter")
             yield Static(id="summary")
         yield MatrixTable(study, id="matrix")
         with Horizontal(id="run-panel"):
@@ -70,7 +78,7 @@ class DashboardScreen(StudyScreen):
                 yield LossPlot(id="loss")
                 yield SampleView(id="sample")
         yield GaugesPanel(id="gauges")
-        yield Footer()
+        yield KeyBar()
 
     @property
     def matrix(self) -> MatrixTable:
@@ -84,10 +92,28 @@ class DashboardScreen(StudyScreen):
         self.feeds.runs.subscribe(self, self._runs_changed)
         self.feeds.log.subscribe(self, self._log_lines)
         self.feeds.telemetry.subscribe(self, self._telemetry_read)
+        self.feeds.study.subscribe(self, self._study_changed)
+        self._show_problems(self.app.study_problems)
 
     # -- live data from the app's feeds
     def _runs_changed(self, message: RunsChanged) -> None:
         self.show_views(message.views)
+
+    def _study_changed(self, message: StudyChanged) -> None:
+        self._show_problems(message.problems if message.study is None else [])
+        if message.study is not None:
+            self.matrix.set_study(message.study, message.views)
+            self._update_summary()
+            self._follow_selected()
+
+    def _show_problems(self, problems: list) -> None:
+        """The study file's problems above the matrix, which keeps showing the last good version."""
+        box = self.query_one("#study-problems", Static)
+        box.display = bool(problems)
+        if problems:
+            head = Text(f"{self.study.file.name} cannot be used as saved: the matrix shows the last good version "
+                        "and nothing launches until it is fixed", style="bold")  # fmt: skip
+            box.update(Text("\n").join([head, *(Text(str(p)) for p in problems)]))
 
     def show_views(self, views: dict[str, RunView]) -> None:
         self.matrix.update_views(views)
@@ -111,7 +137,8 @@ class DashboardScreen(StudyScreen):
         counts: dict[str, int] = {}
         for v in views.values():
             counts[v.state] = counts.get(v.state, 0) + 1
-        parts = [f"{len(self.study.experiments)} experiments"]
+        # A narrow toolbar leaves out the total (the matrix shows every run) so the counts fit.
+        parts = [f"{len(self.study.experiments)} experiments"] if self.size.width >= 120 else []
         parts += [
             f"{counts[s]} {s}"
             for s in ("running", "queued", "done", "failed", "oom", "cancelled")
@@ -135,9 +162,12 @@ class DashboardScreen(StudyScreen):
         if name != self._followed:
             self._followed = name
             self.app.follow(name)
-            self.query_one(LossPlot).set_points((), f"loss · {name}")
+            self.query_one(LossPlot).set_points((), f"loss · {name}" if name else "loss")
         if name:
             self._show_selected(self.app.views.get(name, RunView(name)))
+        else:  # a filter that matches nothing: no run, nothing of an old one
+            self.query_one(SampleView).show(None, "")
+            self.query_one(SampleView).border_title = "latest sample"
 
     def _show_selected(self, view: RunView) -> None:
         # plotext redraws the whole plot: at most twice a second while a run streams steps
@@ -204,6 +234,30 @@ class DashboardScreen(StudyScreen):
             return
         self.app.do_stop(name)
 
+    def action_reset(self) -> None:
+        name = self._selected()
+        if not name:
+            return
+        view = self.app.views.get(name, RunView(name))
+        if not run_dir(self.study, name).path.exists():
+            self.notify(f"{name} has no folder yet: nothing to reset", severity="warning")
+            return
+        if view.state == RUNNING:
+            self.notify(f"{name} is running: stop it first (x), then reset it", severity="warning")
+            return
+        why = f" It is stale: {view.stale}." if view.stale else ""
+        question = (
+            f"Reset {name}?{why} Its folder runs/{name}/ (LoRA, checkpoints, samples, scores, logs) is moved to "
+            f"runs/.old/{name}-<date>-<time>/, kept, not deleted. The run is then new: its next launch trains it "
+            "from scratch with the file's settings."
+        )
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.app.do_reset(name)
+
+        self.app.push_screen(ConfirmScreen(question, yes="Reset", no="Keep"), answer)
+
     def action_detail(self) -> None:
         name = self._selected()
         if name:
@@ -246,6 +300,9 @@ class DashboardScreen(StudyScreen):
         self.matrix.set_filter(text)
         self._update_summary()
         self._follow_selected()
+
+    def on_resize(self) -> None:
+        self._update_summary()
 
     @on(DataTable.HeaderSelected, "#matrix")
     def _header_selected(self) -> None:

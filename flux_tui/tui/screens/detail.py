@@ -15,12 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Header, Label, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Label, Static, TabbedContent, TabPane, Tabs
 
+from flux_tui.core.config import Experiment
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, HEADLINE, METRICS, N_IMAGES, Metric, metric
 from flux_tui.core.runs import FINISHED, RunDir, run_dir
 from flux_tui.tui.format import duration, gib
-from flux_tui.tui.messages import RunsChanged
+from flux_tui.tui.messages import RunsChanged, StudyChanged
 from flux_tui.tui.runview import (
     EvalImage,
     RunView,
@@ -33,6 +34,7 @@ from flux_tui.tui.runview import (
 )
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.widgets.keybar import KeyBar
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import state_text
 
@@ -156,9 +158,9 @@ class ImageScreen(ModalScreen[None]):
     ImageScreen #full-caption { height: auto; max-height: 4; padding: 0 1; }
     """
     BINDINGS = [
-        Binding("escape,q,enter", "dismiss", "Back"),
-        Binding("left", "step(-1)", "Previous"),
-        Binding("right", "step(1)", "Next"),
+        Binding("escape,q,enter", "dismiss", "Back", tooltip="close the image"),
+        Binding("left", "step(-1)", "Previous", tooltip="the previous image of the same grid"),
+        Binding("right", "step(1)", "Next", tooltip="the next image of the same grid"),
     ]
 
     def __init__(self, items: list[tuple[Path, str]], index: int = 0) -> None:
@@ -200,9 +202,10 @@ class ImageScreen(ModalScreen[None]):
 
 
 class RunDetailScreen(StudyScreen):
+    HELP_WIDGETS = (Tabs, Thumbnail)
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("r", "reload", "Reload images", show=False),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to the matrix"),
+        Binding("r", "reload", "Reload images", show=False, tooltip="look for new evaluation images and samples"),
     ]
 
     app: FluxApp
@@ -213,27 +216,29 @@ class RunDetailScreen(StudyScreen):
         self.run: RunDir | None = None  # set on mount, when the app (and its study) is reachable
         self._eval_paths: tuple[Path, ...] | None = None
         self._sample_paths: tuple[Path, ...] | None = None
+        self._experiment: Experiment | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="detail-head")
         with TabbedContent(id="detail-tabs"):
-            with TabPane("Overview", id="tab-overview"), Horizontal():
-                yield DataTable(id="config", cursor_type="row", zebra_stripes=True)
+            with TabPane("Overview", id="tab-overview"), Horizontal(id="overview"):
                 with VerticalScroll(id="overview-right"):
                     yield Static(id="status")
                     yield Static(id="timeline")
+                yield DataTable(id="config", cursor_type="row", zebra_stripes=True)
             with TabPane("Loss", id="tab-loss"):
                 yield LossPlot(id="loss-full")
             with TabPane("Scores", id="tab-scores"), Vertical():
                 yield Static(id="scores-summary")
                 yield DataTable(id="per-prompt", cursor_type="row", zebra_stripes=True)
-            with TabPane("Evaluation images", id="tab-eval"), VerticalScroll():
+            # No tab stop on the scrolling frames: their thumbnails are, and a focused one scrolls into view.
+            with TabPane("Evaluation images", id="tab-eval"), VerticalScroll(can_focus=False):
                 yield Label("", id="eval-note")
                 yield Container(id="eval-grid")
             with TabPane("Samples by step", id="tab-samples"):
-                yield VerticalScroll(id="samples-list")
-        yield Footer()
+                yield VerticalScroll(id="samples-list", can_focus=False)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.run = run_dir(self.study, self.run_name)
@@ -245,6 +250,22 @@ class RunDetailScreen(StudyScreen):
             table.add_column(m.narrow if m.is_count else m.header, key=m.key)
         self.show_view(self.view)
         self.feeds.runs.subscribe(self, self._runs_changed)
+        self.feeds.study.subscribe(self, self._study_changed)
+
+    @property
+    def experiment(self) -> Experiment:
+        """The run's experiment as the study file says now; the last one known if the file dropped it."""
+        try:
+            self._experiment = self.study.get(self.run_name)
+        except KeyError:
+            if self._experiment is None:
+                raise
+        return self._experiment
+
+    def _study_changed(self, message: StudyChanged) -> None:
+        if message.study is not None:
+            self._fill_config()
+            self.show_view(self.view)
 
     @property
     def view(self) -> RunView:
@@ -253,10 +274,11 @@ class RunDetailScreen(StudyScreen):
     def _fill_config(self) -> None:
         assert self.run is not None
         table = self.query_one("#config", DataTable)
+        table.clear(columns=True)
         table.add_column("setting", key="k")
         table.add_column("value", key="v")
-        config = self.run.config() or self.study.get(self.run_name).config_dict()
-        exp = self.study.get(self.run_name)
+        exp = self.experiment
+        config = self.run.config() or exp.config_dict()
         changed = set(self.run.changed_keys(exp))
         for key in sorted(config):
             value = config[key]
@@ -277,9 +299,8 @@ class RunDetailScreen(StudyScreen):
 
     def show_view(self, view: RunView) -> None:
         assert self.run is not None
-        exp = self.study.get(self.run_name)
-        s = exp.settings
-        head = Text(f"{self.run_name}", style="bold") + Text(f" · {exp.group} · ")
+        s = self.experiment.settings
+        head = Text(f"{self.run_name}", style="bold") + Text(f" · {self.experiment.group} · ")
         head += state_text(view.status, view.stale)
         head += Text(f"  · lr {s.learning_rate:g} · rank {s.lora_rank} · alpha {s.alpha} · {s.max_train_steps} steps"
                      f" · {s.lr_scheduler} · {s.resolution}px")  # fmt: skip
@@ -367,7 +388,7 @@ class RunDetailScreen(StudyScreen):
             box.mount(Label("no intermediate samples (sample_every = 0, or none made yet)"))
             return
         for step, images in rows:
-            row = HorizontalScroll(classes="sample-row")
+            row = HorizontalScroll(classes="sample-row", can_focus=False)
             row.border_title = f"step {step}"
             box.mount(row)
             row.mount_all(Thumbnail(p, caption, im) for p, caption, im in images)

@@ -20,7 +20,8 @@ class ConfirmScreen(ModalScreen[bool]):
     ConfirmScreen Horizontal { height: auto; align-horizontal: right; }
     ConfirmScreen Button { margin-left: 2; }
     """
-    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+    BINDINGS = [Binding("y", "answer(True)", "Yes", tooltip="answer yes"),
+                Binding("n,escape", "answer(False)", "No", tooltip="answer no")]  # fmt: skip
 
     def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
         super().__init__()
@@ -51,7 +52,7 @@ class ChoiceScreen(ModalScreen[str | None]):
     ChoiceScreen > Vertical { width: 40; height: auto; max-height: 80%; border: thick $accent; background: $surface; }
     ChoiceScreen OptionList { height: auto; max-height: 24; }
     """
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", tooltip="close without choosing")]
 
     def __init__(self, title: str, options: list[tuple[str, str]], current: str | None = None) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Header, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from flux_tui.core import analysis, results
@@ -20,6 +20,7 @@ from flux_tui.core.config import Study
 from flux_tui.core.metrics import HEADLINE, metric, noise_rule
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
+from flux_tui.tui.widgets.keybar import KeyBar
 
 _FIXED_LABELS = {
     "learning_rate": "lr",
@@ -130,9 +131,9 @@ class EffectsScreen(OutcomeScreen):
     EffectsScreen #fx-note { height: auto; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
-        Binding("right_square_bracket", "tab(1)", "Next"),
-        Binding("left_square_bracket", "tab(-1)", "Previous"),
-        Binding("r", "reload", "Reload"),
+        Binding("right_square_bracket", "tab(1)", "Next", tooltip="the next hyperparameter's tab"),
+        Binding("left_square_bracket", "tab(-1)", "Previous", tooltip="the previous hyperparameter's tab"),
+        Binding("r", "reload", "Reload", tooltip="read the run folders again"),
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
@@ -148,7 +149,7 @@ class EffectsScreen(OutcomeScreen):
                     yield Static(classes="fx-readings")
                     yield Horizontal(classes="fx-charts")
                     yield Static(classes="fx-runs")
-        yield Footer()
+        yield KeyBar()
 
     @work(thread=True, exclusive=True)
     def action_reload(self) -> None:

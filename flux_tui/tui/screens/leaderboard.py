@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from flux_tui.core import analysis, results
 from flux_tui.core.config import Study
@@ -19,11 +19,25 @@ from flux_tui.core.results import RunRecord
 from flux_tui.core.runs import DONE
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
+from flux_tui.tui.widgets.keybar import KeyBar
 
 if TYPE_CHECKING:
     from textual.widgets.data_table import ColumnKey
 
 BEST = "★"
+NARROW = 120  # columns: below, the top picks leave out the hyperparameters (each pick stays on one line)
+HYPERPARAMETER_COLUMNS = (("learning_rate", "lr"), ("lora_rank", "rank"), ("lora_alpha", "alpha"),
+                          ("max_train_steps", "steps"), ("lr_scheduler", "scheduler"))  # fmt: skip
+# What a narrow terminal keeps, most wanted first; columns are dropped from the end until the rest fit.
+BOARD_PRIORITY = ("sel", "name", "face_distance", "clip_score", "faceless", "pick", "learning_rate", "lora_rank",
+                  "max_train_steps", "identity_similarity", "number", "lora_alpha", "lr_scheduler", "kind",
+                  N_IMAGES)  # fmt: skip
+
+
+def column_labels() -> dict[str, str]:
+    """Every column's key and header, in table order."""
+    return {"sel": " ", "number": "#", "name": "run", "kind": "kind", **dict(HYPERPARAMETER_COLUMNS),
+            **{m.key: m.header + " ▼" for m in SCORES}, N_IMAGES: metric(N_IMAGES).heading, "pick": "pick"}  # fmt: skip
 
 
 def board_rows(records: list[RunRecord]) -> list[RunRecord]:
@@ -71,9 +85,12 @@ def _sort_keys(reserved: str = "oqrv") -> dict[str, str]:
 SORT_KEYS = _sort_keys()
 
 
+SORT_GROUP = Binding.Group("sort", compact=True)  # fold into one key-bar entry when narrow
+
+
 def _sort_binding(m: Metric) -> Binding:
-    # The headline scores show in the footer; the others are in the command palette.
-    return Binding(SORT_KEYS[m.key], f"sort('{m.key}')", m.heading[:1].upper() + m.heading[1:], show=m.chart)
+    return Binding(SORT_KEYS[m.key], f"sort('{m.key}')", m.heading[:1].upper() + m.heading[1:], group=SORT_GROUP,
+                   tooltip=f"sort by {m.label}, best ({m.better}) first; again: worst first")  # fmt: skip
 
 
 class LeaderboardScreen(OutcomeScreen):
@@ -85,10 +102,12 @@ class LeaderboardScreen(OutcomeScreen):
     """
     BINDINGS = [
         *(_sort_binding(m) for m in SCORES),
-        Binding("o", "sort('')", "File order", show=False),
-        Binding("space", "toggle_select", "Select"),
-        Binding("v", "compare", "Compare"),
-        Binding("r", "reload", "Reload"),
+        Binding("o", "sort('')", "File order", show=False, tooltip="the study file's order"),
+        Binding("space", "toggle_select", "Select ↓", tooltip="select or unselect the highlighted run, then move "
+                "down a row (select several in a row with space, space, …)"),
+        Binding("v", "compare", "Compare", tooltip="the selected runs side by side: prompt x run grid of images "
+                "with their scores (none selected: the top picks)"),
+        Binding("r", "reload", "Reload", tooltip="read the run folders again"),
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
@@ -98,33 +117,26 @@ class LeaderboardScreen(OutcomeScreen):
         self.sort_key: str | None = FACE_DISTANCE
         self.sort_reverse = False
         self.selected: set[str] = set()
+        self.columns_shown: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="lb-summary")
         yield DataTable(id="lb-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="lb-picks")
-        yield Footer()
+        yield KeyBar()
 
     @property
     def table(self) -> DataTable:
         return self.query_one("#lb-table", DataTable)
 
-    def on_mount(self) -> None:
+    def on_mount(self) -> None:  # OutcomeScreen's on_mount runs too (Textual calls each class's handler)
         self.query_one("#lb-picks", Static).border_title = "top picks"
-        t = self.table
-        t.add_column(" ", key="sel")
-        t.add_column("#", key="number")
-        t.add_column("run", key="name")
-        t.add_column("kind", key="kind")
-        for key, label in (("learning_rate", "lr"), ("lora_rank", "rank"), ("lora_alpha", "alpha"),
-                           ("max_train_steps", "steps"), ("lr_scheduler", "scheduler")):  # fmt: skip
-            t.add_column(label, key=key)
-        for m in SCORES:
-            t.add_column(m.header, key=m.key)
-        t.add_column(metric(N_IMAGES).heading, key=N_IMAGES)
-        t.add_column("pick", key="pick")
-        t.focus()
+        self.table.focus()
+
+    def on_resize(self) -> None:
+        if self.loaded:
+            self._render_table()
 
     # -- data, read off the event loop
     @work(thread=True, exclusive=True, group="leaderboard")
@@ -137,6 +149,20 @@ class LeaderboardScreen(OutcomeScreen):
         self.loaded = True
         self._render_table()
 
+    def _cells(self, r: RunRecord, best: dict[str, float], picks: dict[str, int]) -> dict[str, str | Text]:
+        """Every column's cell of a run, by column key."""
+        cells: dict[str, str | Text] = {
+            "sel": Text("✓", style="bold") if r.name in self.selected else "",
+            "number": "" if r.number is None else str(r.number),
+            "name": r.name,
+            "kind": r.kind,
+            **{key: _hp(r, key) for key, _ in HYPERPARAMETER_COLUMNS},
+            **{m.key: score_cell(r, m, best) for m in SCORES},
+            N_IMAGES: metric(N_IMAGES).format((r.scores or {}).get(N_IMAGES), missing=""),
+            "pick": Text(f"{BEST}{picks[r.name]}", style="bold yellow") if r.name in picks else "",
+        }
+        return cells
+
     def _render_table(self) -> None:
         t = self.table
         current = self.highlighted_name
@@ -144,30 +170,35 @@ class LeaderboardScreen(OutcomeScreen):
         self.rows = sorted_rows(board, self.sort_key, self.sort_reverse)
         best = analysis.best_values(board)
         picks = {r.name: i + 1 for i, r in enumerate(analysis.top_picks(board))}
+        rows = [self._cells(r, best, picks) for r in self.rows]
+        self._lay_columns(rows)
         t.clear()
-        for r in self.rows:
-            t.add_row(
-                Text("✓", style="bold") if r.name in self.selected else "",
-                "" if r.number is None else str(r.number),
-                r.name,
-                r.kind,
-                *(
-                    _hp(r, k)
-                    for k in ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler")
-                ),
-                *(score_cell(r, m, best) for m in SCORES),
-                metric(N_IMAGES).format((r.scores or {}).get(N_IMAGES), missing=""),
-                Text(f"{BEST}{picks[r.name]}", style="bold yellow") if r.name in picks else "",
-                key=r.name,
-            )
+        for r, cells in zip(self.rows, rows, strict=True):
+            t.add_row(*(cells[key] for key in self.columns_shown), key=r.name)
         for m in SCORES:
-            arrow = ""
-            if m.key == self.sort_key:
-                arrow = " ▲" if self.sort_reverse else " ▼"  # ▼: best first
-            t.columns[_column_key(m.key)].label = Text(m.header + arrow, style="bold" if arrow else "")
+            if m.key in self.columns_shown:
+                arrow = (" ▲" if self.sort_reverse else " ▼") if m.key == self.sort_key else ""  # ▼: best first
+                t.columns[_column_key(m.key)].label = Text(m.header + arrow, style="bold" if arrow else "")
         if current in {r.name for r in self.rows}:
             t.move_cursor(row=t.get_row_index(current))
         self._render_summary(board, picks)
+
+    def _lay_columns(self, rows: list[dict[str, str | Text]]) -> None:
+        """The columns that fit the table's width, by BOARD_PRIORITY (all of them in a wide terminal)."""
+        labels = column_labels()
+        widths = {k: max([len(label), *(Text(str(r[k])).cell_len for r in rows)]) + 2 for k, label in labels.items()}
+        room, chosen = (self.table.size.width or 10_000) - 2, set()
+        for key in BOARD_PRIORITY:
+            if widths[key] > room:
+                break
+            chosen.add(key)
+            room -= widths[key]
+        shown = tuple(k for k in labels if k in chosen)
+        if shown != self.columns_shown:
+            self.columns_shown = shown
+            self.table.clear(columns=True)
+            for key in shown:
+                self.table.add_column(labels[key], key=key)
 
     def _render_summary(self, board: list[RunRecord], picks: dict[str, int]) -> None:
         scored = analysis.scored(board)
@@ -190,10 +221,11 @@ class LeaderboardScreen(OutcomeScreen):
             for name, i in sorted(picks.items(), key=lambda x: x[1]):
                 r = by_name[name]
                 text += Text(f"{BEST}{i} {name}", style="bold yellow")
-                text += Text(
-                    f"  {figures(r.score)} · lr {_hp(r, 'learning_rate')} rank {_hp(r, 'lora_rank')} "
-                    f"steps {_hp(r, 'max_train_steps')}\n"
-                )
+                text += Text(f"  {figures(r.score)}")
+                if self.size.width >= NARROW:  # a narrow table shows these beside the run
+                    text += Text(f" · lr {_hp(r, 'learning_rate')} rank {_hp(r, 'lora_rank')} "
+                                 f"steps {_hp(r, 'max_train_steps')}")  # fmt: skip
+                text += Text("\n")
         self.query_one("#lb-picks", Static).update(text)
 
     # -- actions

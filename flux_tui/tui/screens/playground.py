@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, SelectionList, Static
+from textual.widgets import DataTable, Header, Input, Label, ProgressBar, SelectionList, Static
 
 from flux_tui.core.config import Study
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, metric
@@ -28,6 +28,7 @@ from flux_tui.core.runs import RunDir
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import ImageWidget, load_thumbnail
+from flux_tui.tui.widgets.keybar import KeyBar
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
           "score": "scoring", "reference": "embedding reference photos"}  # fmt: skip
@@ -93,9 +94,10 @@ def result_text(r: dict[str, Any]) -> Text:
 
 
 class PlaygroundScreen(StudyScreen):
+    HELP_WIDGETS = (SelectionList,)
     DEFAULT_CSS = """
     PlaygroundScreen #pg-form { width: 60; padding: 0 1; border-right: vkey $panel; }
-    PlaygroundScreen #pg-form Label { margin: 1 0 0 0; color: $text-muted; }
+    PlaygroundScreen #pg-form Label { width: 1fr; margin: 1 0 0 0; color: $text-muted; }
     PlaygroundScreen #pg-loras { height: auto; max-height: 10; }
     PlaygroundScreen .pg-nums { height: auto; }
     PlaygroundScreen .pg-nums Input { width: 1fr; }
@@ -105,13 +107,24 @@ class PlaygroundScreen(StudyScreen):
     PlaygroundScreen #pg-image { width: 1fr; height: 1fr; min-height: 10; }
     PlaygroundScreen #pg-scores { height: auto; min-height: 3; }
     PlaygroundScreen #pg-history { height: 8; }
+    PlaygroundScreen.-narrow #pg-form { width: 36; }
+    PlaygroundScreen.-short #pg-form Label { margin: 0; }
+    PlaygroundScreen.-short #pg-form Input { height: 1; border: none; padding: 0 1; background: $boost; }
+    PlaygroundScreen.-short #pg-form Input:focus { background: $accent 30%; }
+    PlaygroundScreen.-short .pg-nums Input { margin: 0 1 0 0; }
+    PlaygroundScreen.-short #pg-history { height: 4; }
+    PlaygroundScreen.-short #pg-image { min-height: 6; }
     """
     BINDINGS = [
-        Binding("ctrl+g", "generate", "Generate", priority=True),
-        Binding("ctrl+r", "add_reference", "Add reference", priority=True),
-        Binding("ctrl+l", "load", "Load model now", priority=True),
-        Binding("ctrl+n", "next_seed", "Seed +1", priority=True),
-        Binding("escape", "leave_form", "Leave form (then 1-4 switch views)"),
+        Binding("ctrl+g", "generate", "Generate", priority=True, tooltip="generate an image from the form and "
+                "score it (enter in the prompt field does the same)"),
+        Binding("ctrl+r", "add_reference", "Add reference", priority=True, tooltip="add the photo or folder typed "
+                "under reference photos to the face reference (enter in that field does the same)"),
+        Binding("ctrl+l", "load", "Load model", priority=True, tooltip="load the base model now, before the "
+                "first prompt"),
+        Binding("ctrl+n", "next_seed", "Seed +1", priority=True, tooltip="the next seed"),
+        Binding("escape", "leave_form", "Leave form", tooltip="out of the text fields, so that view keys (1-4, "
+                "q, ?) work again; tab goes back in"),
     ]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
@@ -138,9 +151,9 @@ class PlaygroundScreen(StudyScreen):
             with VerticalScroll(id="pg-form"):
                 yield Label("base model (hub id or folder)")
                 yield Input(str(d["base_model"]), id="pg-base")
-                yield Label("LoRAs of finished runs (space toggles)")
+                yield Label("LoRAs of finished runs (space toggles), then their weights: one each, default 1")
                 yield SelectionList[str](id="pg-loras")
-                yield Input(placeholder="weights, one per chosen LoRA: 0.8, 0.7 (default 1 each)", id="pg-weights")
+                yield Input(placeholder="weights: 0.8, 0.7", id="pg-weights")
                 yield Label("prompt (enter generates)")
                 yield Input(str(d.get("prompt", "")), placeholder="a photo of cr7man", id="pg-prompt")
                 yield Label("guidance · steps · seed · size (px)")
@@ -151,22 +164,32 @@ class PlaygroundScreen(StudyScreen):
                     yield Input(str(d["size"]), type="integer", id="pg-size", tooltip="size")
                 yield Label("reference photos: a file or folder (enter adds)")
                 yield Input(str(d["data_dir"]), id="pg-ref")
-                yield Static("no reference photos yet: face distance needs them", id="pg-refs")
+                yield Static(self._first_references(str(d["data_dir"])), id="pg-refs")
             with Vertical(id="pg-out"):
                 yield Static("starting the generation process…", id="pg-phase")
-                yield ProgressBar(id="pg-progress", show_eta=False)
+                # A set total from the start: an indeterminate bar animates (and costs CPU) while idle.
+                yield ProgressBar(total=1, id="pg-progress", show_eta=False)
                 yield ImageWidget(None, id="pg-image")
                 yield Static(id="pg-scores")
                 yield DataTable(id="pg-history", cursor_type="row")
-        yield Footer()
+        yield KeyBar()
+
+    @staticmethod
+    def _first_references(data_dir: str) -> str:
+        """What the reference line says before the engine has counted any photo."""
+        if data_dir and Path(data_dir).is_dir():
+            return f"the training photos ({data_dir}) are added as the reference once the process is up…"
+        return "no reference photos yet: type a photo or folder above and press enter (face distance needs them)"
 
     def on_mount(self) -> None:
         loras = self.query_one("#pg-loras", SelectionList)
         found = lora_runs(self.study)
         for name, path, desc in found:
             loras.add_option((f"{name}  {desc}", str(path)))
-        if not found:
-            loras.border_title = "no finished runs with a LoRA yet: the base model alone"
+        if found:
+            loras.highlighted = 0  # so the first space on the list toggles a row
+        else:
+            loras.border_title = "none finished yet: the base model alone"
         history = self.query_one("#pg-history", DataTable)
         history.add_columns("image", "prompt", "seed", *(m.heading for m in IMAGE_SCORES), "face", "LoRAs")
         self.query_one("#pg-prompt", Input).focus()
@@ -242,7 +265,7 @@ class PlaygroundScreen(StudyScreen):
         if e.get("id") == self.current:
             self.busy = False
         self.query_one("#pg-progress", ProgressBar).update(total=1, progress=1)
-        self._phase(f"done: {e['path']}")
+        self._phase(f"done: {Path(e['path']).name}")
         self.query_one("#pg-scores", Static).update(result_text(e))
         loras = ", ".join(f"{x.get('run') or Path(x['path']).parent.name} {x['weight']:g}" for x in e.get("loras", []))
         self.query_one("#pg-history", DataTable).add_row(

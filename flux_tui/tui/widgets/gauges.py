@@ -20,38 +20,52 @@ def bar(fraction: float, width: int = BAR) -> Text:
     return Text("█" * full, style=style) + Text("░" * (width - full), style="dim")
 
 
-def render_gauges(sample: Sample | None, runs: list[RunGpu]) -> Text:
-    out = Text()
+NARROW = 100  # below this many columns: shorter names and bars, the runs on a line of their own
+
+
+def _gpu_line(g, runs: list[RunGpu], narrow: bool) -> Text:
+    name_w, bar_w = (12, 8) if narrow else (20, BAR)
+    line = Text(f"GPU{g.index} ", style="bold") + Text(f"{g.name.removeprefix('NVIDIA ')[:name_w]:<{name_w}} ")
+    line += bar(g.mem_used / g.mem_total if g.mem_total else 0.0, bar_w)
+    line += Text(f" {gib(g.mem_used)}/{gib(g.mem_total)} GiB")
+    line += Text(f" {'' if narrow else ' '}util {g.util if g.util is not None else '?':>3}%")
+    line += Text(f"  {g.temperature if g.temperature is not None else '?'}°C")
+    mine = [r for r in runs if r.device == f"cuda:{g.index}"]
+    if mine:
+        line += Text("  " + ", ".join(f"{r.name} {gib(r.gpu_mem)} GiB" for r in mine), style="cyan")
+    return line
+
+
+def _host_line(sample: Sample, narrow: bool) -> Text:
+    h, bar_w = sample.host, 8 if narrow else BAR
+    out = Text("host ", style="bold") + Text(f"CPU {h.cpu_percent:5.1f}% of {h.n_cpus} ")
+    out += bar(h.cpu_percent / 100, bar_w) + Text("  RAM ") + bar(h.ram_used / h.ram_total if h.ram_total else 0, bar_w)
+    return out + Text(f" {gib(h.ram_used)}/{gib(h.ram_total)} GiB")
+
+
+def render_gauges(sample: Sample | None, runs: list[RunGpu], width: int = 160) -> Text:
+    """The panel's lines for a pane `width` columns wide; each line is cut, never wrapped."""
     if sample is None:
         return Text("reading the machine…", style="dim")
-    if sample.gpus:
-        for g in sample.gpus:
-            line = Text(f"GPU{g.index} ", style="bold") + Text(f"{g.name.removeprefix('NVIDIA ')[:20]:<20} ")
-            line += bar(g.mem_used / g.mem_total if g.mem_total else 0.0)
-            line += Text(f" {gib(g.mem_used)}/{gib(g.mem_total)} GiB")
-            line += Text(f"  util {g.util if g.util is not None else '?':>3}%")
-            line += Text(f"  {g.temperature if g.temperature is not None else '?'}°C")
-            mine = [r for r in runs if r.device == f"cuda:{g.index}"]
-            if mine:
-                line += Text("  " + ", ".join(f"{r.name} {gib(r.gpu_mem)} GiB" for r in mine), style="cyan")
-            out += line + Text("\n")
-    else:
-        out += Text("No NVIDIA GPU", style="bold yellow") + Text(
-            f" ({sample.gpu_error or 'none found'}); runs train on the CPU\n", style="yellow"
-        )
-    h = sample.host
-    out += Text("host ", style="bold") + Text(f"CPU {h.cpu_percent:5.1f}% of {h.n_cpus} ")
-    out += bar(h.cpu_percent / 100) + Text("  RAM ") + bar(h.ram_used / h.ram_total if h.ram_total else 0)
-    out += Text(f" {gib(h.ram_used)}/{gib(h.ram_total)} GiB")
+    narrow = width < NARROW
+    lines = [_gpu_line(g, runs, narrow) for g in sample.gpus]
+    if not sample.gpus:
+        lines.append(Text("No NVIDIA GPU", style="bold yellow") + Text(
+            f" ({sample.gpu_error or 'none found'}); runs train on the CPU", style="yellow"))  # fmt: skip
+    host = _host_line(sample, narrow)
     running = [r for r in runs if r.pid]
     if running:
-        out += Text("  runs: ") + Text(
-            ", ".join(
-                f"{r.name} pid {r.pid}" + (f" {gib(r.gpu_mem)} GiB" if r.gpu_mem else "") for r in running
-            ),
-            style="cyan",
-        )
-    return out
+        listed = Text(", ".join(f"{r.name} pid {r.pid}" + (f" {gib(r.gpu_mem)} GiB" if r.gpu_mem else "")
+                                for r in running), style="cyan")  # fmt: skip
+        if narrow:
+            lines += [host, Text("runs ", style="bold") + listed]
+        else:
+            lines.append(host + Text("  runs: ") + listed)
+    else:
+        lines.append(host)
+    for line in lines:
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return Text("\n").join(lines)
 
 
 class GaugesPanel(Static):
@@ -62,6 +76,11 @@ class GaugesPanel(Static):
     def __init__(self, **kwargs) -> None:
         super().__init__(Text("reading the machine…", style="dim"), **kwargs)
         self.border_title = "machine"
+        self._last: tuple[Sample | None, list[RunGpu]] = (None, [])
 
     def show(self, sample: Sample | None, runs: list[RunGpu]) -> None:
-        self.update(render_gauges(sample, runs))
+        self._last = (sample, runs)
+        self.update(render_gauges(sample, runs, self.size.width or 160))
+
+    def on_resize(self) -> None:
+        self.update(render_gauges(*self._last, self.size.width or 160))

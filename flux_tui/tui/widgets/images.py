@@ -15,6 +15,7 @@ import textual_image.renderable as _renderables
 import textual_image.widget as _widgets
 from PIL import Image as PILImage
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Label
@@ -66,7 +67,7 @@ class Thumbnail(Vertical, can_focus=True):
     Thumbnail > .thumb-image { width: 24; height: 12; }
     Thumbnail > .thumb-caption { width: 100%; height: 3; color: $text-muted; }
     """
-    BINDINGS = [("enter", "open", "Full size")]
+    BINDINGS = [Binding("enter", "open", "Full size", tooltip="open the focused image full size")]
 
     class Opened(Message):
         def __init__(self, thumbnail: Thumbnail) -> None:

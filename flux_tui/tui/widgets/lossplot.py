@@ -48,7 +48,24 @@ class LossPlot(PlotextPlot):
         if self._points:
             xs, ys = zip(*thin(self._points, max(8, self.size.width * 2)), strict=True)
             plt.plot(list(xs), list(ys), marker="braille")
-            plt.xlabel("step")
+            # Ticks chosen for the pane's size, so labels never run into each other in a small terminal.
+            w, h = self.size.width, self.size.height
+            plt.xticks(*axis_ticks(min(xs), max(xs), max(2, min(6, w // 12)), integer=True))
+            plt.yticks(*axis_ticks(min(ys), max(ys), max(2, min(5, h // 3))))
+            if h >= 8:
+                plt.xlabel("step")
         else:
             plt.title("no steps yet")
         return super().render()
+
+
+def axis_ticks(lo: float, hi: float, n: int, integer: bool = False) -> tuple[list[float], list[str]]:
+    """About `n` evenly spaced ticks from `lo` to `hi` and their labels (whole numbers for steps, three
+    significant digits for a loss)."""
+    if hi <= lo:
+        return [lo], [f"{lo:g}" if not integer else str(round(lo))]
+    values = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    if integer:
+        values = sorted({round(v) for v in values})
+        return [float(v) for v in values], [str(v) for v in values]
+    return values, [f"{v:.3g}" for v in values]

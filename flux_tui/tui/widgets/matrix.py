@@ -95,6 +95,25 @@ COLUMNS: tuple[Column, ...] = (
     *(score_column(m) for m in HEADLINE),
 )  # fmt: skip
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
+# What a narrow terminal keeps, most wanted first: which run and how it is doing, its scores, the
+# hyperparameters the study varies; then the rest. Columns are dropped from the end until the rest fit.
+PRIORITY = ("name", "state", "progress", "loss", "face_distance", "clip_score", "lr", "rank", "faceless", "steps",
+            "eta", "number", "group", "scheduler", "alpha", "sec_per_step")  # fmt: skip
+CELL_PADDING = 1  # DataTable's, each side of a cell
+NAME_MAX = 24
+
+
+def fitting_columns(name_width: int, width: int) -> tuple[Column, ...]:
+    """The columns that fit in `width` cells, by PRIORITY, in their usual order."""
+    chosen, used = set(), 0
+    for key in PRIORITY:
+        col = COLUMN_BY_KEY[key]
+        need = (col.width or name_width) + 2 * CELL_PADDING
+        if used + need > width:
+            break
+        chosen.add(key)
+        used += need
+    return tuple(c for c in COLUMNS if c.key in chosen)
 
 
 def _sort_key(value: Any) -> tuple:
@@ -122,11 +141,32 @@ class MatrixTable(DataTable):
         self.sort_reverse = False
         self._shown: list[str] = []
         self._best: dict[str, float | None] = {}
+        self.columns_shown: tuple[Column, ...] = COLUMNS
 
     def on_mount(self) -> None:
-        for col in COLUMNS:
-            self.add_column(col.label, key=col.key, width=col.width)
+        self._add_columns()
         self.rebuild()
+
+    def _add_columns(self) -> None:
+        for col in self.columns_shown:
+            self.add_column(col.label, key=col.key, width=col.width or self._name_width())
+
+    def _name_width(self) -> int:
+        return min(NAME_MAX, max([4, *(len(e.name) for e in self.study.experiments)]))
+
+    def on_resize(self) -> None:
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Fewer columns in a narrow terminal (by PRIORITY), all of them in a wide one; the scrollbar's
+        room is kept free so no column hides under it."""
+        width = self.size.width
+        fitting = fitting_columns(self._name_width(), width - 2) if width else COLUMNS
+        if fitting != self.columns_shown:
+            self.columns_shown = fitting
+            self.clear(columns=True)
+            self._add_columns()
+            self.rebuild()
 
     # -- rows
     def experiment(self, name: str) -> Experiment:
@@ -160,7 +200,7 @@ class MatrixTable(DataTable):
     def _cells(self, name: str) -> list[str | Text]:
         exp, view = self.experiment(name), self.views[name]
         cells = []
-        for col in COLUMNS:
+        for col in self.columns_shown:
             cell = col.show(exp, view)
             best = self._best.get(col.key)
             if col.best and cell != "" and best is not None and col.sort(exp, view) == best:
@@ -203,10 +243,18 @@ class MatrixTable(DataTable):
             return
         names = self._shown if best_changed else [n for n in changed if n in self._shown]
         for name in names:
-            for col, cell in zip(COLUMNS, self._cells(name), strict=True):
+            for col, cell in zip(self.columns_shown, self._cells(name), strict=True):
                 if not col.dynamic:
                     continue
                 self.update_cell(name, col.key, cell)
+
+    def set_study(self, study: Study, views: dict[str, RunView]) -> None:
+        """The study file changed: its experiments (added, removed, edited) with their runs' views."""
+        self.study = study
+        self.views = {e.name: views.get(e.name, RunView(e.name)) for e in study.experiments}
+        self.columns_shown = ()  # the name column's width may have changed: lay the columns out again
+        self.clear(columns=True)
+        self._fit_columns()
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text.strip()
