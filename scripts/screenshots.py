@@ -17,17 +17,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from tui_scenes import SCENES, SIZE, SceneWorkspace  # noqa: E402
+from tui_scenes import SCENES, SIZE, SMALL, SMALL_SCENES, SceneWorkspace  # noqa: E402
 
 
 async def shoot(ws: SceneWorkspace, out: Path) -> list[Path]:
     written = []
-    for scene in SCENES:
+    shots = [(s, SIZE, s.name) for s in SCENES] + [(s, SMALL, f"{s.name}-80x24") for s in SMALL_SCENES]
+    for scene, size, name in shots:
         app = ws.app(scene)
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=size) as pilot:
             await scene.run_before(pilot)
             app.title = f"flux-tui · {scene.title}"
-            path = out / f"{scene.name}.svg"
+            path = out / f"{name}.svg"
             app.save_screenshot(path.name, str(out))
             written.append(path)
         print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}  {scene.title}")

@@ -119,7 +119,7 @@ async def test_filter_by_text_and_escape_clears_it(workspace) -> None:
         await pilot.press(*"zzz")  # nothing matches: no run's loss, log or sample stays on show
         await until(pilot, lambda: matrix(app).visible_names() == [])
         assert app.screen.query_one(LossPlot).border_title == "loss"
-        assert app.screen.query_one(LogPane).border_title == "train.log"
+        await until(pilot, lambda: app.screen.query_one(LogPane).border_title == "train.log")
         await pilot.press(*["backspace"] * 4)
         await pilot.press("escape")
         await until(pilot, lambda: len(matrix(app).visible_names()) == 6)
