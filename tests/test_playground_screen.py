@@ -90,3 +90,28 @@ def test_weights_one_per_lora() -> None:
         parse_weights("0.5", 2)
     with pytest.raises(ValueError, match="expected numbers"):
         parse_weights("a,b", 2)
+
+
+async def test_the_form_is_ready_for_the_keyboard_and_idle_costs_nothing(study: config.Study) -> None:
+    from flux_tui.core import runs
+
+    run = runs.run_dir(study, study.experiments[0].name)  # a finished run with a LoRA file, as the list needs
+    run.write_run(study.experiments[0], study)
+    run.lora_file.parent.mkdir(parents=True)
+    run.lora_file.write_bytes(b"not read unless chosen")
+    app = ScreenHost(study, PlaygroundScreen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        # The field holds the training photos: the line under it says they are being added, not "none yet".
+        refs = str(screen.query_one("#pg-refs", Static).render())
+        assert "the training photos" in refs and "no reference photos yet" not in refs
+        # The progress bar has a total while idle: an indeterminate one animates, redrawing all the time.
+        assert screen.query_one("#pg-progress", ProgressBar).total == 1
+        # The LoRA list has a highlighted row, so the first space chooses it.
+        loras = screen.query_one("#pg-loras", SelectionList)
+        loras.focus()
+        await pilot.press("space")
+        assert list(loras.selected) == [str(run.path)]
+        # At 80 columns the image pane keeps most of the width (the form narrows).
+        await pilot.pause()
+        assert screen.query_one("#pg-image").size.width >= 38

@@ -45,9 +45,6 @@ class FluxApp(App[int]):
     TITLE = "flux-tui"
     CSS_PATH = "styles.tcss"
     MODES = {v.mode: v.factory for v in VIEWS}
-    # Screens get these classes by terminal size; styles.tcss and the screens lay out small terminals with them.
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     DEFAULT_MODE = VIEWS[0].mode
     BINDINGS = [
         Binding("question_mark", "help", "Help", tooltip="this help: every key of every view, the states, where runs go"),

@@ -24,6 +24,9 @@ class StudyScreen(Screen):
     follows live data subscribes to `self.feeds` in its `on_mount`."""
 
     HELP_WIDGETS: tuple[type, ...] = ()  # widgets whose keys the help lists with the screen's own
+    # The screen gets these classes by terminal size: styles.tcss and the screens lay out small terminals with them.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
 
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
