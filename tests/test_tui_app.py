@@ -356,7 +356,7 @@ async def test_the_study_file_is_live_rows_problems_and_launches_use_the_file_on
     from flux_tui.core import launch
 
     # Launches start the stand-in trainer (the trainer's folder protocol in a second, no torch).
-    monkeypatch.setattr(launch, "engine_command", lambda run, *extra: [sys.executable, "-u", str(STANDIN), str(run.path)])
+    monkeypatch.setenv(launch.TRAINER_ENV, str(STANDIN))
     monkeypatch.setenv("STANDIN_STEPS", "5")
     study = make_study(tmp_path / "ws")
     original = study.file.read_text()

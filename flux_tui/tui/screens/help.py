@@ -95,11 +95,12 @@ def sections() -> list[Section]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text as a table cell's Markdown: a `|` would end the cell, a `<name>` would read as an HTML tag."""
+    return text.replace("|", "\\|").replace("<", "\\<")
 
 
 def help_markdown() -> str:
-    parts = ["# flux-tui\n", "The keys of each view, read from its bindings (the bar at the foot shows the main ones).\n"]
+    parts = ["The keys of each view, read from its bindings (the bar at the foot shows the main ones).\n"]
     for section in sections():
         rows = [f"| {key_label(b)} | **{_cell(b.description)}**{': ' + _cell(b.tooltip) if b.tooltip else ''} |"
                 for b in section.bindings]  # fmt: skip
@@ -117,5 +118,6 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", tooltip="close the help")]
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll():
+        with VerticalScroll() as box:
+            box.border_title = "flux-tui help (esc closes)"
             yield Markdown(help_markdown())
