@@ -203,3 +203,17 @@ async def test_the_dashboard_switches_to_the_analysis_views_and_the_board_follow
         assert isinstance(app.screen, PlaygroundScreen)
         await pilot.press("escape", "1")  # out of the prompt field, then back to the matrix
         assert app.current_mode == "matrix"
+
+
+async def test_a_tie_stars_nobody(study: config.Study) -> None:
+    for path in study.workspace.runs_dir.glob("*/scores.json"):  # every scored run: 4 faceless, one CLIP score
+        path.write_text(json.dumps({**json.loads(path.read_text()), "faceless": 4, "clip_score": 0.3}))
+    app = ScreenHost(study, LeaderboardScreen)
+    async with app.run_test(size=(160, 40)) as pilot:
+        board = app.screen
+        await _until(pilot, lambda: board.loaded)
+        table = board.query_one(DataTable)
+        for key in ("faceless", "clip_score"):
+            col = table.get_column_index(key)
+            assert all(BEST not in str(table.get_row_at(i)[col]) for i in range(table.row_count)), key
+        assert BEST in str(table.get_row_at(0)[table.get_column_index("face_distance")])  # not all tie there

@@ -124,7 +124,8 @@ def comparisons_text(effect: Effect) -> Text:
 
 class EffectsScreen(OutcomeScreen):
     DEFAULT_CSS = """
-    EffectsScreen TabPane { padding: 0 1; }
+    EffectsScreen #fx-tabs { height: 1fr; }  /* the tabs scroll inside, the note above stays in view */
+    EffectsScreen TabPane { padding: 0 1; height: 1fr; }
     EffectsScreen .fx-readings { height: auto; margin: 0 0 1 0; }
     EffectsScreen .fx-charts { height: auto; }
     EffectsScreen .fx-runs { height: auto; margin: 1 0 0 0; }
