@@ -21,11 +21,14 @@ from typing import Any
 
 from flux_tui.core.launch import run_lock
 from flux_tui.core.runs import CANCELLED, DONE, FAILED, KIND_EXPERIMENT, OOM, RUNNING, RunDir
-from flux_tui.engine import generate as gen_mod
+from flux_tui.engine import pipeline
 from flux_tui.engine import score as score_mod
+from flux_tui.engine.device import is_oom
+from flux_tui.engine.errors import EngineError
+from flux_tui.engine.imagemeta import GenSettings, Job, read_metadata
 
 
-class EvaluateError(Exception):
+class EvaluateError(EngineError):
     """The run cannot be evaluated as asked (no LoRA, no images to score); the message says why."""
 
 
@@ -42,7 +45,7 @@ class ModelCache:
         key = (base_model, revision)
         if key not in self._pipes:
             self._pipes.clear()  # one base model at a time: FLUX.1-dev alone fills most cards
-            self._pipes[key] = gen_mod.load_pipeline(base_model, self.device, revision)
+            self._pipes[key] = pipeline.load_pipeline(base_model, self.device, revision)
         return self._pipes[key]
 
     def face(self, weights: str | None) -> score_mod.FaceEmbedder:
@@ -93,27 +96,27 @@ def _clear_eval_images(run: RunDir) -> None:
             png.unlink()
 
 
-def generate_stage(run: RunDir, models: ModelCache, batch_size: int = gen_mod.DEFAULT_BATCH) -> list[Path]:
+def generate_stage(run: RunDir, models: ModelCache, batch_size: int = pipeline.DEFAULT_BATCH) -> list[Path]:
     """Make the evaluation grid of the run's LoRA (and of each checkpoint with `eval_checkpoints`)."""
     check_ready(run)
     cfg = _settings(run)
     lora = run.lora_source()
     size = cfg.get("eval_resolution") or cfg["resolution"]
-    jobs = gen_mod.eval_jobs(cfg["eval_prompts"], cfg["guidance_scales"], cfg["images_per_prompt"], cfg["eval_seed"])
+    jobs = pipeline.eval_jobs(cfg["eval_prompts"], cfg["guidance_scales"], cfg["images_per_prompt"], cfg["eval_seed"])
     checkpoints = run.checkpoints() if cfg.get("eval_checkpoints") else []
     total = len(jobs) * (1 + len(checkpoints))
     _clear_eval_images(run)
     pipe = models.pipeline(cfg["base_model"], cfg.get("revision"))
     made: list[Path] = []
 
-    def on_image(path: Path, job: gen_mod.Job, i: int, n: int, step: int | None = None) -> None:
+    def on_image(path: Path, job: Job, i: int, n: int, step: int | None = None) -> None:
         made.append(path)
         run.append_event("eval_image", path=_rel(run, path), prompt=job.prompt, guidance=job.guidance_scale,
                          seed=job.seed, checkpoint=step, index=len(made), total=total)  # fmt: skip
         print(f"generate: [{len(made)}/{total}] {_rel(run, path)}  {job.prompt}", flush=True)
 
-    def settings(loras: list[dict[str, Any]], step: int | None) -> gen_mod.GenSettings:
-        return gen_mod.GenSettings(
+    def settings(loras: list[dict[str, Any]], step: int | None) -> GenSettings:
+        return GenSettings(
             base_model=cfg["base_model"], width=size, height=size, num_inference_steps=cfg["num_inference_steps"],
             max_sequence_length=cfg.get("max_sequence_length", 512), revision=cfg.get("revision"),
             loras=loras, run=run.name, checkpoint=step,
@@ -122,15 +125,21 @@ def generate_stage(run: RunDir, models: ModelCache, batch_size: int = gen_mod.DE
     rank, alpha = cfg["lora_rank"], cfg.get("lora_alpha") or cfg["lora_rank"]
     for ckpt in checkpoints:
         step = int(ckpt.name.split("-")[-1])
-        gen_mod.set_loras(pipe, [(gen_mod.checkpoint_lora(ckpt, rank, alpha), 1.0)])
-        gen_mod.generate_images(pipe, jobs, run.checkpoint_eval_dir(step),
+        pipeline.set_loras(pipe, [(pipeline.checkpoint_lora(ckpt, rank, alpha), 1.0)])
+        pipeline.generate_images(pipe, jobs, run.checkpoint_eval_dir(step),
                                 settings([{"path": str(ckpt), "weight": 1.0, "run": run.name}], step),
                                 batch_size=batch_size, on_image=lambda p, j, i, n, s=step: on_image(p, j, i, n, s))  # fmt: skip
-    gen_mod.set_loras(pipe, [(lora, 1.0)] if lora else [])
+    pipeline.set_loras(pipe, [(lora, 1.0)] if lora else [])
     loras = [{"path": str(lora), "weight": 1.0, "run": (run.read_run() or {}).get("source_run", run.name)}] if lora else []
-    gen_mod.generate_images(pipe, jobs, run.eval_dir, settings(loras, None), batch_size=batch_size, on_image=on_image)
-    gen_mod.clear_loras(pipe)
+    pipeline.generate_images(pipe, jobs, run.eval_dir, settings(loras, None), batch_size=batch_size, on_image=on_image)
+    pipeline.clear_loras(pipe)
     return made
+
+
+def generate_run(run: RunDir, device: str | None = None, batch_size: int = pipeline.DEFAULT_BATCH) -> int:
+    """`python -m flux_tui.engine.generate RUN_DIR`: the run's evaluation grid alone, without scoring it."""
+    generate_stage(run, ModelCache(device), batch_size=batch_size)
+    return 0
 
 
 def reference_dir(run: RunDir, cfg: dict[str, Any]) -> Path:
@@ -147,7 +156,7 @@ def _score_folder(images: Sequence[Path], run: RunDir, cfg: dict[str, Any], mode
     clip = models.clip(cfg.get("clip_model") or score_mod.DEFAULT_CLIP)
     cache = (run.read_run() or {}).get("cache_dir")
     ref = score_mod.reference_embedding(reference_dir(run, cfg), face, Path(cache) if cache else None)
-    meta = [gen_mod.read_metadata(p) for p in images]
+    meta = [read_metadata(p) for p in images]
     prompts = [m.get("prompt") for m in meta]
     if not all(prompts):
         raise EvaluateError(f"evaluation images without a prompt in their metadata in {run.eval_dir}; "
@@ -183,7 +192,7 @@ def evaluate_run(
     *,
     score_only: bool = False,
     models: ModelCache | None = None,
-    batch_size: int = gen_mod.DEFAULT_BATCH,
+    batch_size: int = pipeline.DEFAULT_BATCH,
 ) -> None:
     """Generate the run's evaluation images, then score them into scores.json, announcing each stage in
     status.json and events.jsonl. Raises on failure (the caller sets the final state)."""
@@ -209,12 +218,6 @@ def _on_signal(signum: int, _frame: Any) -> None:
     raise _Cancelled(f"stopped by {signal.Signals(signum).name}")
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
 def run_owned(run: RunDir, stage: str, work: Callable[[], None], device: str | None = None) -> int:
     """Run `work` as the owner of `run`: refuse when a live process owns it, mark it running at `stage`,
     and leave it done, failed, cancelled or oom, whatever happens. Returns an exit code."""
@@ -232,7 +235,7 @@ def run_owned(run: RunDir, stage: str, work: Callable[[], None], device: str | N
         return 130
     except Exception as exc:
         traceback.print_exc()
-        if _is_oom(exc):
+        if is_oom(exc):
             run.mark_finished(OOM, "out of GPU memory while evaluating: lower --batch-size or eval_resolution", 1)
         else:
             run.mark_finished(FAILED, f"{run.status().stage or 'evaluate'}: {type(exc).__name__}: {exc}", 1)
@@ -292,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flux_tui.engine.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("run", help="the run folder (runs/<name>)")
     parser.add_argument("--score-only", action="store_true", help="score the existing images again")
-    parser.add_argument("--batch-size", type=int, default=gen_mod.DEFAULT_BATCH, help="images per pipeline call")
+    parser.add_argument("--batch-size", type=int, default=pipeline.DEFAULT_BATCH, help="images per pipeline call")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
     args = parser.parse_args(argv)
     run = RunDir(Path(args.run).resolve())

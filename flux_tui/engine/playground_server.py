@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flux_tui.core import playground_folder
+from flux_tui.engine.device import is_oom
 
 _out: IO[str] = sys.stdout  # the protocol stream; replaced in main() by a private copy of fd 1
 
@@ -100,7 +101,7 @@ class Playground:
         return {"load_s": load_s, **self.counters}
 
     def op_set_loras(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.generate import GenerateError, resolve_lora
+        from flux_tui.engine.pipeline import GenerateError, resolve_lora
 
         wanted = []
         for i, item in enumerate(req.get("loras") or []):
@@ -144,7 +145,7 @@ class Playground:
     def op_generate(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
         import torch
 
-        from flux_tui.engine.generate import GenSettings, Job, metadata_for, save_png
+        from flux_tui.engine.imagemeta import GenSettings, Job, metadata_for, save_png
 
         prompt = str(req.get("prompt") or "").strip()
         if not prompt:
@@ -229,8 +230,8 @@ class Playground:
             return 0.0
         if not self.base_model:
             raise RequestError("base_model: pick a base model first (configure)")
-        from flux_tui.engine.generate import load_pipeline
         from flux_tui.engine.models import ModelError
+        from flux_tui.engine.pipeline import load_pipeline
 
         emit("progress", id=rid, phase="load", step=0, total=1, message=f"loading {self.base_model}")
         t0 = time.monotonic()
@@ -246,7 +247,7 @@ class Playground:
         return dt
 
     def _apply_loras(self, rid: Any) -> float:
-        from flux_tui.engine.generate import set_loras
+        from flux_tui.engine.pipeline import set_loras
 
         wanted = [(x["path"], float(x["weight"])) for x in self.loras]
         if wanted == self._applied:
@@ -353,12 +354,8 @@ class Playground:
             emit("error", id=rid, op=op, message=str(exc))
         except Exception as exc:  # the process outlives one failed request, and says what went wrong
             traceback.print_exc(file=sys.stderr)
-            emit("error", id=rid, op=op, message=f"{type(exc).__name__}: {exc}", oom=_is_oom(exc))
+            emit("error", id=rid, op=op, message=f"{type(exc).__name__}: {exc}", oom=is_oom(exc))
         return True
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
 def main() -> int:
