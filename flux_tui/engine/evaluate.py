@@ -2,30 +2,29 @@
 
 The trainer calls `evaluate_run(run)` in its own process once the LoRA is saved, and owns the run's
 final state. `python -m flux_tui.engine.evaluate RUN_DIR [--score-only]` re-runs it alone (after a failed
-scoring, or with new evaluation settings) and then marks the run's state itself: running with stage
-generate/score, then done, failed, cancelled or oom. A failure in scoring leaves the LoRA and the images.
+scoring, or with new evaluation settings) as the run's owner (`engine.run_owner`): running with stage
+generate/score, then done, failed, cancelled or oom, with its own times and message under status.json's
+`evaluation` beside the training's. A failure in scoring leaves the LoRA and the images.
+`python -m flux_tui.engine.generate RUN_DIR` makes the grid alone (`generate_run`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flux_tui.core.launch import run_lock
-from flux_tui.core.runs import CANCELLED, DONE, FAILED, KIND_EXPERIMENT, OOM, RUNNING, RunDir
+from flux_tui.core.runs import KIND_EXPERIMENT, RunDir
 from flux_tui.engine import pipeline
 from flux_tui.engine import score as score_mod
-from flux_tui.engine.device import is_oom
+from flux_tui.engine.device import choose, device_label
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.imagemeta import GenSettings, Job, read_metadata
+from flux_tui.engine.run_owner import EXIT_BUSY, EXIT_USAGE, RunBusy, owned_run
+from flux_tui.engine.runlog import logging_to
 
 
 class EvaluateError(EngineError):
@@ -209,86 +208,24 @@ def evaluate_run(
 
 # -- standalone ---------------------------------------------------------------------------------------
 
-
-class _Cancelled(Exception):
-    pass
+OOM_ADVICE = "out of GPU memory while evaluating: lower --batch-size or eval_resolution"
 
 
-def _on_signal(signum: int, _frame: Any) -> None:
-    raise _Cancelled(f"stopped by {signal.Signals(signum).name}")
-
-
-def run_owned(run: RunDir, stage: str, work: Callable[[], None], device: str | None = None) -> int:
-    """Run `work` as the owner of `run`: refuse when a live process owns it, mark it running at `stage`,
-    and leave it done, failed, cancelled or oom, whatever happens. Returns an exit code."""
-    with run_lock(run):
-        status = run.status()
-        if status.state == RUNNING and run.is_process_alive(status) and status.pid != os.getpid():
-            print(f"evaluate: run {run.name!r} is busy (pid {status.pid}, {status.label})", file=sys.stderr)
-            return 1
-        run.mark_started(stage, device=device)
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+def evaluate_owned(run: RunDir, models: ModelCache, *, score_only: bool = False,
+                   batch_size: int = pipeline.DEFAULT_BATCH) -> int:  # fmt: skip
+    """Evaluate `run` as its owner (`owned_run`): refused (EXIT_BUSY) when a live process owns it, else
+    marked running and left done, failed, cancelled or oom with the evaluation's own record beside the
+    training's. Returns the exit code."""
+    device = device_label(choose(models.device))
     try:
-        work()
-    except (_Cancelled, KeyboardInterrupt) as exc:
-        run.mark_finished(CANCELLED, str(exc) or "cancelled")
-        return 130
-    except Exception as exc:
-        traceback.print_exc()
-        if is_oom(exc):
-            run.mark_finished(OOM, "out of GPU memory while evaluating: lower --batch-size or eval_resolution", 1)
-        else:
-            run.mark_finished(FAILED, f"{run.status().stage or 'evaluate'}: {type(exc).__name__}: {exc}", 1)
-        return 1
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    run.mark_finished(DONE, exit_code=0)
-    return 0
-
-
-class _Tee:
-    """Copies what the process prints into the run's train.log (the log the dashboard shows)."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        self.log.flush()
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
-def _logs_to_train_log(run: RunDir) -> bool:
-    """True when stdout already goes to train.log (a detached launch); then nothing needs copying."""
-    try:
-        out, log = os.fstat(sys.stdout.fileno()), os.stat(run.train_log)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (out.st_dev, out.st_ino) == (log.st_dev, log.st_ino)
-
-
-@contextlib.contextmanager
-def logging_to(run: RunDir) -> Iterator[None]:
-    """Copy what this process prints into the run's train.log too (unless stdout already goes there)."""
-    if _logs_to_train_log(run):
-        yield
-        return
-    run.path.mkdir(parents=True, exist_ok=True)
-    with open(run.train_log, "a", encoding="utf-8") as log:
-        log.write(f"\n=== {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = saved
+        with owned_run(run, "score" if score_only else "generate", evaluation=True, device=device) as owner:
+            owner.oom_advice = lambda exc: OOM_ADVICE
+            evaluate_run(run, score_only=score_only, models=models, batch_size=batch_size)
+    except RunBusy as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    assert owner.exit_code is not None
+    return owner.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,11 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_ready(run, args.score_only)
     except EvaluateError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-    models = ModelCache(args.device)
+        return EXIT_USAGE
     with logging_to(run):
-        return run_owned(run, "score" if args.score_only else "generate",
-                         lambda: evaluate_run(run, score_only=args.score_only, models=models, batch_size=args.batch_size))  # fmt: skip
+        return evaluate_owned(run, ModelCache(args.device), score_only=args.score_only, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":
