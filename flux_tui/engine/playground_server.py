@@ -28,6 +28,17 @@ from typing import IO, Any
 
 from flux_tui.core import playground_folder
 from flux_tui.engine.device import is_oom
+from flux_tui.engine.imagemeta import GenSettings, Job, metadata_for, save_png
+from flux_tui.engine.models import ModelError
+from flux_tui.engine.pipeline import GenerateError, load_pipeline, resolve_lora, set_loras
+from flux_tui.engine.score import (
+    IMAGE_SUFFIXES,
+    ClipScorer,
+    FaceEmbedder,
+    ScoreError,
+    list_images,
+    load_image,
+)
 
 _out: IO[str] = sys.stdout  # the protocol stream; replaced in main() by a private copy of fd 1
 
@@ -130,8 +141,6 @@ class Playground:
         return {"load_s": load_s, **self.counters}
 
     def op_set_loras(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.pipeline import GenerateError, resolve_lora
-
         wanted = []
         for i, item in enumerate(req.get("loras") or []):
             if not isinstance(item, dict) or not item.get("path"):
@@ -146,8 +155,6 @@ class Playground:
         return {"loras": wanted}
 
     def op_add_reference(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.score import IMAGE_SUFFIXES, list_images
-
         added: list[str] = []
         for raw in req.get("paths") or []:
             p = Path(raw).expanduser()
@@ -172,8 +179,6 @@ class Playground:
         return self.reference_summary()
 
     def op_generate(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.imagemeta import GenSettings, Job, metadata_for, save_png
-
         ask = _GenerateRequest.parse(req)
         # One key press in the dashboard is one request: it may carry the base model and LoRAs to use.
         if "base_model" in req:
@@ -252,9 +257,6 @@ class Playground:
             return 0.0
         if not self.base_model:
             raise RequestError("base_model: pick a base model first (configure)")
-        from flux_tui.engine.models import ModelError
-        from flux_tui.engine.pipeline import load_pipeline
-
         emit("progress", id=rid, phase="load", step=0, total=1, message=f"loading {self.base_model}")
         t0 = time.monotonic()
         try:
@@ -269,8 +271,6 @@ class Playground:
         return dt
 
     def _apply_loras(self, rid: Any) -> float:
-        from flux_tui.engine.pipeline import set_loras
-
         wanted = [(x["path"], float(x["weight"])) for x in self.loras]
         if wanted == self._applied:
             return 0.0
@@ -284,16 +284,12 @@ class Playground:
 
     def _face_model(self) -> Any:
         if self.face is None:
-            from flux_tui.engine.score import FaceEmbedder
-
             self.face = FaceEmbedder(self.face_weights, self.device)
             self.counters["face_loads"] += 1
         return self.face
 
     def _clip_model(self) -> Any:
         if self.clip is None and self.clip_model:
-            from flux_tui.engine.score import ClipScorer
-
             self.clip = ClipScorer(self.clip_model, self.device)
             self.counters["clip_loads"] += 1
         return self.clip
@@ -301,7 +297,6 @@ class Playground:
     def _embed_refs(self, paths: list[str], rid: Any) -> None:
         if not paths:
             return
-        from flux_tui.engine.score import ScoreError, load_image
 
         try:
             face = self._face_model()
@@ -322,8 +317,6 @@ class Playground:
         """CLIP score, face found, face distance and identity similarity of one image. A missing scoring
         model does not lose the image: the scores it would give are None and the note says why."""
         import torch
-
-        from flux_tui.engine.score import ScoreError, load_image
 
         emit("progress", id=rid, phase="score", step=0, total=1)
         scores: dict[str, Any] = {"clip_score": None, "face": None, "face_distance": None, "identity_similarity": None}
