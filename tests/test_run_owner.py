@@ -100,23 +100,6 @@ def test_a_run_held_by_a_live_process_is_refused_by_name_and_left_alone(study: c
         holder.wait()
 
 
-def test_a_live_owner_named_by_status_json_alone_is_refused_too(study: config.Study, tmp_path: Path) -> None:
-    """The lock is the truth on this machine; status.json may still name a live owner the lock cannot show."""
-    run = _grid(study, 1)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    try:
-        run.mark_started("score", pid=sleeper.pid)
-        proc = engine("evaluate", str(run.path), tmp=tmp_path)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == EXIT_BUSY and f"pid {sleeper.pid}" in err, err
-        assert run.status().state == RUNNING and run.status().pid == sleeper.pid
-        assert runlock.holder(run.path) is None  # the refused process let go of what it took
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    run.mark_finished(FAILED, "the test's stand-in owner is gone", 1)
-
-
 @pytest.mark.slow
 def test_reevaluation_keeps_the_training_record_and_adds_its_own(study: config.Study, tmp_path: Path) -> None:
     run = _grid(study, 1)

@@ -6,8 +6,9 @@
 
 Entering it, the process
   - takes the run's ownership lock (`core.runlock`) for as long as the block lasts: the lock its launcher
-    handed down, or its own. When another process holds it, or status.json names another live process,
-    it raises `RunBusy` naming that pid, before touching anything;
+    handed down, or its own. When another process holds it, it raises `RunBusy` naming that pid, before
+    touching anything. The lock, not status.json, decides: status.json can be damaged, and after a crash
+    it may still name a process on another machine (a Slurm job requeued elsewhere must not be refused);
   - marks the run running at `stage` (a standalone evaluation keeps the run's training record and writes
     its own under `evaluation`: `RunDir.mark_evaluation_started`);
   - removes the half-written images (`.<name>.png.tmp`) that a killed owner left under samples/;
@@ -28,7 +29,6 @@ there: the caller reads `owner.exit_code`.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import traceback
 from collections.abc import Callable, Iterator
@@ -36,7 +36,7 @@ from types import TracebackType
 
 from flux_tui.core import runlock
 from flux_tui.core.launch import run_lock
-from flux_tui.core.runs import CANCELLED, DONE, FAILED, OOM, RUNNING, RunDir, Status
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, OOM, RunDir, Status
 from flux_tui.engine.data import NoImagesError
 from flux_tui.engine.device import is_oom
 from flux_tui.engine.errors import EngineError
@@ -142,7 +142,6 @@ class OwnedRun:
         try:
             with run_lock(self.run):  # a launcher writes the run's first status under it: wait for that
                 self._before = self.run.status()
-                self._refuse_a_live_owner(self._before)
                 self._mark_started()
             self._remove_leftovers()
             self.signals.install()
@@ -150,12 +149,6 @@ class OwnedRun:
             self._release()
             raise
         return self
-
-    def _refuse_a_live_owner(self, status: Status) -> None:
-        """status.json may name a live owner the lock does not show (a process on another host)."""
-        if status.state == RUNNING and status.pid != os.getpid() and self.run.is_process_alive(status):
-            raise RunBusy(f"run {self.run.name!r} is owned by pid {status.pid} ({status.label}"
-                          f"{' on ' + status.host if status.host else ''}); it is still running")  # fmt: skip
 
     def _mark_started(self) -> None:
         if self.evaluation:
