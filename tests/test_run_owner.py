@@ -1,6 +1,7 @@
 """A process owns a run (engine/run_owner.py), seen from outside with real processes: a run a live process
-owns is refused by name, a stop signal gives the same exit code in every engine command, and a standalone
-evaluation keeps the run's training record, even when it is killed, and cleans up after a killed one.
+owns is refused by name, a stop signal gives the same exit code in every engine command (and stops a trainer
+at once before training), and a standalone evaluation keeps the run's training record, even when it is
+killed, and cleans up after a killed one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import make_lora_workspace
 
-from flux_tui.core import config, runlock
+from flux_tui.core import config, launch, runlock
 from flux_tui.core.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, run_dir
 from flux_tui.engine.imagemeta import temp_path
 from flux_tui.engine.run_owner import EXIT_BUSY
@@ -47,7 +48,8 @@ def wait_for(pred, proc: subprocess.Popen | None = None, timeout: float = 180.0)
         if value := pred():
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended ({proc.returncode}) first:\n{proc.stderr.read()[-3000:]}")
+            err = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"the process ended ({proc.returncode}) first:\n{err}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {pred}")
 
@@ -168,3 +170,18 @@ def test_a_killed_evaluation_keeps_the_training_record_and_the_next_start_cleans
     assert not any(p.exists() for p in leftovers)
     assert "left half-written by a process that was stopped" in run.train_log.read_text()
     assert _training_record(run) == training and run.status().state == DONE
+
+
+@pytest.mark.slow
+def test_a_stop_before_training_ends_the_run_at_once(study: config.Study) -> None:
+    """The trainer's handlers are in place before torch loads: a stop during start-up ends it `cancelled`."""
+    run = _grid(study, 1)
+    supervisor = launch.start(run)  # the dashboard's way: a supervisor, the trainer in its own session
+    wait_for(lambda: run.status().stage == "prepare", supervisor)
+    trainer = run.status()
+    assert runlock.holder(run.path) == trainer.pid  # the lock handed down, the trainer's pid in it
+    os.killpg(trainer.pgid, signal.SIGTERM)  # what a stop sends: the trainer's group
+    assert supervisor.wait(timeout=120) == 128 + signal.SIGTERM  # the supervisor exits with the trainer's code
+    st = run.status()
+    assert (st.state, st.exit_code) == (CANCELLED, 143) and st.message.startswith("stopped by SIGTERM"), st
+    assert runlock.holder(run.path) is None

@@ -281,7 +281,8 @@ class RunDir:
                 return finish(
                     CANCELLED, f"killed with {status.stop_signal} on request; work since the last checkpoint is lost"
                 )
-            return finish(FAILED, f"process {status.pid} vanished while {status.stage or 'running'} (killed or crashed)")
+            where = status.stage or "running"
+            return finish(FAILED, f"process {status.pid} vanished while {where} (killed or crashed)")
         return status
 
     # -- events, logs, results
