@@ -47,8 +47,8 @@ EXIT_DONE, EXIT_FAILED, EXIT_OOM = 0, 1, 3
 EXIT_USAGE = 2  # the input cannot be worked on (not a run folder, nothing to evaluate); nothing was touched
 EXIT_BUSY = 4  # another live process owns the run; nothing was touched
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# Expected failures: their message is the whole story. data.NoImagesError predates EngineError (data.py is
-# another change's); it joins the base class there and leaves this tuple.
+# Expected failures: their message is the whole story. data.NoImagesError predates EngineError and data.py is
+# being changed elsewhere: once it derives from EngineError it leaves this tuple.
 EXPECTED: tuple[type[BaseException], ...] = (EngineError, NoImagesError)
 
 

@@ -11,6 +11,9 @@ state:
     cancelled   128+N   signal N (SIGTERM, SIGINT, SIGHUP): during training the step under way finishes and
                         a checkpoint is saved first, so a relaunch resumes from it; before, it stops at once
 
+It exits 2 for a folder that is not a run, and 4 when another process owns the run (it names its pid);
+both leave the run as it was.
+
 Relaunching resumes from the newest checkpoint; relaunching a run whose LoRA exists only evaluates it.
 The stages: `train_prepare` (photos, cached latents and text embeddings), `train_model` (the model to
 train, one optimizer step), `train_loop` (the steps, checkpoints, samples, the export).
@@ -31,7 +34,7 @@ from flux_tui.engine.errors import EngineError
 from flux_tui.engine.evaluate import evaluate_run
 from flux_tui.engine.faults import ENV as FAULT_ENV
 from flux_tui.engine.faults import Faults
-from flux_tui.engine.run_owner import EXIT_BUSY, EXIT_FAILED, OwnedRun, RunBusy, owned_run
+from flux_tui.engine.run_owner import EXIT_BUSY, EXIT_USAGE, OwnedRun, RunBusy, owned_run
 from flux_tui.engine.runlog import log
 
 
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(args.run_dir.resolve())
     if not run.exists():
         print(f"train: {run.run_json} not found: not a run folder", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
     try:
         with owned_run(run, "prepare", resumable=True) as owner:
             owner.done_message = execute(run, owner, with_eval=not args.no_eval)
