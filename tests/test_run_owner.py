@@ -19,6 +19,7 @@ import pytest
 from conftest import make_lora_workspace
 
 from flux_tui.core import config, launch, runlock
+from flux_tui.core.fsutil import file_lock
 from flux_tui.core.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, run_dir
 from flux_tui.engine.imagemeta import temp_path
 from flux_tui.engine.run_owner import EXIT_BUSY
@@ -185,3 +186,22 @@ def test_a_stop_before_training_ends_the_run_at_once(study: config.Study) -> Non
     st = run.status()
     assert (st.state, st.exit_code) == (CANCELLED, 143) and st.message.startswith("stopped by SIGTERM"), st
     assert runlock.holder(run.path) is None
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_run_is_being_taken_is_not_lost(study: config.Study, tmp_path: Path) -> None:
+    """The handlers are in before the run is marked running: a signal that comes while the process waits to
+    mark it (here: a launcher holding the launch lock) ends the run cancelled as soon as it is marked."""
+    run = _grid(study, 1)
+    _trained(run)
+    before = _images_made(run)
+    with file_lock(run.path / ".launch.lock"):  # what launch.start holds while it writes the first status
+        proc = engine("evaluate", str(run.path), tmp=tmp_path)
+        wait_for(lambda: runlock.holder(run.path) == proc.pid, proc)  # it has the lock, waits for ours
+        proc.send_signal(signal.SIGTERM)  # pending in the process before it can mark the run: noted, not raised
+        assert proc.poll() is None
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    st = run.status()
+    assert (st.state, st.exit_code, st.message) == (CANCELLED, 143, "stopped by SIGTERM")
+    assert st.evaluation["state"] == CANCELLED and _images_made(run) == before

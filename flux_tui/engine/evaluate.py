@@ -23,7 +23,7 @@ from flux_tui.engine import score as score_mod
 from flux_tui.engine.device import choose, device_label
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.imagemeta import GenSettings, Job, read_metadata
-from flux_tui.engine.run_owner import EXIT_BUSY, EXIT_USAGE, RunBusy, owned_run
+from flux_tui.engine.run_owner import EXIT_USAGE, NotOwned, owned_run
 from flux_tui.engine.runlog import logging_to
 
 
@@ -221,9 +221,9 @@ def evaluate_owned(run: RunDir, models: ModelCache, *, score_only: bool = False,
         with owned_run(run, "score" if score_only else "generate", evaluation=True, device=device) as owner:
             owner.oom_advice = lambda exc: OOM_ADVICE
             evaluate_run(run, score_only=score_only, models=models, batch_size=batch_size)
-    except RunBusy as exc:
+    except NotOwned as exc:  # another process owns the run, or a stop came while taking it
         print(f"evaluate: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+        return exc.exit_code
     assert owner.exit_code is not None
     return owner.exit_code
 

@@ -6,14 +6,15 @@
 
 Entering it, the process
   - takes the run's ownership lock (`core.runlock`) for as long as the block lasts: the lock its launcher
-    handed down, or its own. When another process holds it, it raises `RunBusy` naming that pid, before
-    touching anything. The lock, not status.json, decides: status.json can be damaged, and after a crash
+    handed down, or its own. When another process holds it, it raises `RunBusy` (a `NotOwned`, exit 4)
+    naming that pid, before touching anything. The lock, not status.json, decides: status.json can be damaged, and after a crash
     it may still name a process on another machine (a Slurm job requeued elsewhere must not be refused);
   - marks the run running at `stage` (a standalone evaluation keeps the run's training record and writes
     its own under `evaluation`: `RunDir.mark_evaluation_started`);
   - removes the half-written images (`.<name>.png.tmp`) that a killed owner left under samples/;
-  - installs its handlers for SIGTERM, SIGINT and SIGHUP: a signal raises `Cancelled` at once, except
-    inside `owner.signals.deferred()`, where it is only noted and the work stops at its next safe point.
+  - installs its handlers for SIGTERM, SIGINT and SIGHUP (before marking the run: a stop while it takes the
+    run ends it `cancelled` and raises `NotOwned` with the exit code): a signal raises `Cancelled` at once,
+    except inside `owner.signals.deferred()`, where it is only noted and the work stops at its next safe point.
 
 Leaving it, whatever happened, the run ends in one finished state with its exit code:
 
@@ -61,8 +62,19 @@ def signal_of(exit_code: int) -> int | None:
     return exit_code - 128 if exit_code > 128 else None
 
 
-class RunBusy(EngineError):
-    """Another live process owns the run; the message names its pid."""
+class NotOwned(EngineError):
+    """The `with` block did not run; `exit_code` says why (the outcome, if any, is recorded already)."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+class RunBusy(NotOwned):
+    """Another live process owns the run; the message names its pid. Nothing was touched."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXIT_BUSY)
 
 
 class Cancelled(BaseException):
@@ -83,8 +95,14 @@ class StopSignals:
         self._defer = False
         self._previous: dict[int, object] = {}
 
-    def install(self) -> None:
+    def install(self, deferred: bool = False) -> None:
+        self._defer = deferred
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+
+    def arm(self) -> int | None:
+        """From now on a signal raises Cancelled at once. Returns a signal noted before (None: none)."""
+        self._defer = False
+        return self.received
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -133,22 +151,35 @@ class OwnedRun:
 
     # -- entering --------------------------------------------------------------------------------------
     def __enter__(self) -> OwnedRun:
+        # The handlers go in first, so that no stop is lost from here on; until the run is ours (locked and
+        # marked running) they only note a signal.
+        self.signals.install(deferred=True)
         lock = runlock.adopt_or_acquire(self.run.path)
         try:
             lock.__enter__()
-        except runlock.RunLocked as exc:
-            raise RunBusy(str(exc)) from None
+        except BaseException as exc:
+            self.signals.restore()
+            if isinstance(exc, runlock.RunLocked):
+                raise RunBusy(str(exc)) from None
+            raise
         self._lock = lock
         try:
             with run_lock(self.run):  # a launcher writes the run's first status under it: wait for that
                 self._before = self.run.status()
                 self._mark_started()
-            self._remove_leftovers()
-            self.signals.install()
         except BaseException:
+            self.signals.restore()
             self._release()
             raise
-        return self
+        try:
+            self._remove_leftovers()
+            if (pending := self.signals.arm()) is not None:
+                raise Cancelled(pending)
+            return self
+        except Cancelled as exc:  # a stop while the run was being taken: it ends cancelled at once
+            self.__exit__(Cancelled, exc, exc.__traceback__)
+            assert self.exit_code is not None
+            raise NotOwned(self.message, self.exit_code) from None
 
     def _mark_started(self) -> None:
         if self.evaluation:
@@ -231,6 +262,6 @@ class OwnedRun:
 
 def owned_run(run: RunDir, stage: str, *, evaluation: bool = False, resumable: bool = False,
               device: str | None = None) -> OwnedRun:  # fmt: skip
-    """This process owns `run` for the `with` block; see the module doc. Raises RunBusy on entering when
-    another process owns it."""
+    """This process owns `run` for the `with` block; see the module doc. Raises NotOwned on entering when
+    the block cannot run (RunBusy: another process owns the run)."""
     return OwnedRun(run, stage, evaluation=evaluation, resumable=resumable, device=device)

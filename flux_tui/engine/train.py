@@ -34,7 +34,7 @@ from flux_tui.engine.errors import EngineError
 from flux_tui.engine.evaluate import evaluate_run
 from flux_tui.engine.faults import ENV as FAULT_ENV
 from flux_tui.engine.faults import Faults
-from flux_tui.engine.run_owner import EXIT_BUSY, EXIT_USAGE, OwnedRun, RunBusy, owned_run
+from flux_tui.engine.run_owner import EXIT_USAGE, NotOwned, OwnedRun, owned_run
 from flux_tui.engine.runlog import log
 
 
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with owned_run(run, "prepare", resumable=True) as owner:
             owner.done_message = execute(run, owner, with_eval=not args.no_eval)
-    except RunBusy as exc:
+    except NotOwned as exc:  # another process owns the run, or a stop came while taking it
         print(f"train: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+        return exc.exit_code
     assert owner.exit_code is not None
     return owner.exit_code
 
