@@ -12,19 +12,21 @@ import time
 from pathlib import Path
 
 from flux_tui.core import config
-from flux_tui.engine import generate as gen
+from flux_tui.engine import pipeline as gen
 from flux_tui.engine import score
 from flux_tui.engine.demo import build_demo_workspace
+from flux_tui.engine.device import default_device
+from flux_tui.engine.imagemeta import GenSettings, read_metadata
 
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else build_demo_workspace(tmp / "ws")
     s = config.load(root / "experiments.toml").experiments[0].settings
-    device = gen.default_device()
+    device = default_device()
     pipe = gen.load_pipeline(s.base_model, device)
     jobs = gen.eval_jobs([f"{p} {i}" for i in range(4) for p in s.eval_prompts], [3.5], 1, 0)  # 16 images
-    settings = gen.GenSettings(s.base_model, s.resolution, s.resolution, s.num_inference_steps, s.max_sequence_length)
+    settings = GenSettings(s.base_model, s.resolution, s.resolution, s.num_inference_steps, s.max_sequence_length)
     gen.generate_images(pipe, jobs[:2], tmp / "warm", settings)
     for batch in (1, 4):
         t = time.perf_counter()
@@ -40,7 +42,7 @@ def main() -> None:
     score.reference_embedding(Path(s.data_dir), face, tmp / "cache")
     hit = time.perf_counter() - t
     print(f"reference {ref.n_photos} photos: {miss * 1000:7.1f} ms computed, {hit * 1000:7.1f} ms from the cache")
-    prompts = [gen.read_metadata(p)["prompt"] for p in paths]
+    prompts = [read_metadata(p)["prompt"] for p in paths]
     t = time.perf_counter()
     score.score_images(paths, prompts, face, clip, ref)
     dt = time.perf_counter() - t

@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--workspace DIR] [--steps N] [--skip-cpu] [--skip-gpu]
 
-1. The demo model on the CPU, through the trainer's own code (`Trainer.train_step`), in a child process per
+1. The demo model on the CPU, through the trainer's own code (`train_model.train_step`), in a child process per
    mode so each peak RSS is its own:
      cached    what the trainer does: latents and text embeddings read from the sweep cache
      uncached  what a trainer without caches does: VAE and text encoders stay loaded, and every step encodes
@@ -52,26 +52,25 @@ def cpu_child(workspace: Path, mode: str, steps: int) -> dict:
     import torch
 
     from flux_tui.core import config, runs
-    from flux_tui.engine.train import StopFlag, Trainer
+    from flux_tui.engine import train_model, train_prepare
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     study = config.load(workspace / "experiments.toml")
     exp = study.experiments[0]
     run = runs.prepare(study, exp)
-    trainer = Trainer(run, exp.settings, "cpu", StopFlag())
     quiet = _Quiet()
     with quiet:
-        trainer.prepare()
-        trainer.build()
+        prepared = train_prepare.prepare(run, exp.settings, "cpu")
+        training = train_model.build(run, exp.settings, prepared, "cpu")
     extra = None
     if mode == "uncached":
         from diffusers import AutoencoderKL, FluxPipeline
 
         from flux_tui.engine.data import to_tensor
 
-        vae = AutoencoderKL.from_pretrained(trainer.model_dir, subfolder="vae").eval()
-        text = FluxPipeline.from_pretrained(trainer.model_dir, transformer=None, vae=None)
-        pixels = [to_tensor(img.path) for img in trainer.images]
+        vae = AutoencoderKL.from_pretrained(prepared.model_dir, subfolder="vae").eval()
+        text = FluxPipeline.from_pretrained(prepared.model_dir, transformer=None, vae=None)
+        pixels = [to_tensor(img.path) for img in prepared.images]
 
         def extra(step: int) -> None:
             with torch.no_grad():
@@ -84,7 +83,7 @@ def cpu_child(workspace: Path, mode: str, steps: int) -> dict:
         t0 = time.perf_counter()
         if extra is not None:
             extra(step)
-        trainer.train_step(step)
+        train_model.train_step(exp.settings, prepared, training, step)
         times.append(time.perf_counter() - t0)
     warm = times[2:] if len(times) > 4 else times
     return {

@@ -13,7 +13,7 @@ from conftest import make_lora_workspace
 from flux_tui.core import config, results
 from flux_tui.core.runs import DONE, KIND_ABLATION, run_dir
 from flux_tui.engine import ablation
-from flux_tui.engine.generate import read_metadata
+from flux_tui.engine.imagemeta import read_metadata
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ print(oct(current_umask()))
 
 ENGINE_WRITES = """
 import shutil, torch
-from flux_tui.engine import cache, checkpoint, data, generate, score
+from flux_tui.engine import cache, checkpoint, data, imagemeta, score
 from PIL import Image
 photos = out / "photos"
 photos.mkdir()
@@ -39,7 +39,7 @@ param = torch.nn.Parameter(torch.zeros(2))
 opt = torch.optim.AdamW([param])
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 checkpoint.save(run, 2, 4, {"w": torch.ones(2)}, opt, sched, torch.Generator(), keep=2)
-generate.save_png(Image.new("RGB", (8, 8)), run.eval_dir / "p00.png", {"prompt": "x"})
+imagemeta.save_png(Image.new("RGB", (8, 8)), run.eval_dir / "p00.png", {"prompt": "x"})
 score.write_scores(run.scores_json, {"face_distance": 0.5})
 """
 

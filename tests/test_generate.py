@@ -20,7 +20,7 @@ from PIL import Image
 
 from flux_tui.core import config
 from flux_tui.core.runs import DONE, FAILED, RunDir, run_dir
-from flux_tui.engine import generate as gen
+from flux_tui.engine import generate, imagemeta, pipeline
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -57,7 +57,7 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def test_eval_grid_covers_every_prompt_guidance_and_seed() -> None:
-    jobs = gen.eval_jobs(["a", "b"], [3.5, 5.0], 3, seed=10)
+    jobs = pipeline.eval_jobs(["a", "b"], [3.5, 5.0], 3, seed=10)
     assert len(jobs) == 12 and len({j.name for j in jobs}) == 12
     assert {(j.prompt, j.guidance_scale, j.seed) for j in jobs} == {
         (p, g, s) for p in "ab" for g in (3.5, 5.0) for s in (10, 11, 12)
@@ -66,11 +66,11 @@ def test_eval_grid_covers_every_prompt_guidance_and_seed() -> None:
 
 
 def test_png_metadata_round_trips(tmp_path: Path) -> None:
-    job = gen.Job("x.png", "cr7man, cinematic style — «quotes» 😀", 5.0, 7)
-    settings = gen.GenSettings("models/tiny-flux", 64, 48, 4, loras=[{"path": "/r/a.safetensors", "weight": 0.8,
+    job = imagemeta.Job("x.png", "cr7man, cinematic style — «quotes» 😀", 5.0, 7)
+    settings = imagemeta.GenSettings("models/tiny-flux", 64, 48, 4, loras=[{"path": "/r/a.safetensors", "weight": 0.8,
                                                                       "run": "a"}], run="a")  # fmt: skip
-    gen.save_png(Image.new("RGB", (64, 48)), tmp_path / "x.png", gen.metadata_for(job, settings))
-    meta = gen.read_metadata(tmp_path / "x.png")
+    imagemeta.save_png(Image.new("RGB", (64, 48)), tmp_path / "x.png", imagemeta.metadata_for(job, settings))
+    meta = imagemeta.read_metadata(tmp_path / "x.png")
     assert meta["prompt"] == job.prompt and meta["seed"] == 7 and meta["guidance_scale"] == 5.0
     assert meta["num_inference_steps"] == 4 and (meta["width"], meta["height"]) == (64, 48)
     assert meta["base_model"] == "models/tiny-flux" and meta["loras"][0]["weight"] == 0.8
@@ -81,8 +81,8 @@ def test_png_metadata_round_trips(tmp_path: Path) -> None:
     info = PngInfo()
     info.add_text("prompt", "plain")
     Image.new("RGB", (8, 8)).save(tmp_path / "other.png", pnginfo=info)
-    assert gen.read_metadata(tmp_path / "other.png") == {"prompt": "plain"}
-    assert gen.read_metadata(tmp_path / "missing.png") == {}
+    assert imagemeta.read_metadata(tmp_path / "other.png") == {"prompt": "plain"}
+    assert imagemeta.read_metadata(tmp_path / "missing.png") == {}
 
 
 @pytest.mark.slow
@@ -98,18 +98,18 @@ def test_evaluate_makes_the_grid_with_metadata_and_scores_it(study: config.Study
     stages = [e["stage"] for e in run.iter_events("stage")]
     assert stages == ["generate", "score"]
     images = run.eval_images()
-    jobs = gen.eval_jobs(cfg["eval_prompts"], [2.0, 3.5], 1, cfg["eval_seed"])
+    jobs = pipeline.eval_jobs(cfg["eval_prompts"], [2.0, 3.5], 1, cfg["eval_seed"])
     assert [p.name for p in images] == sorted(j.name for j in jobs)
     events = list(run.iter_events("eval_image"))
     assert len(events) == 2 * len(jobs) and events[-1]["index"] == events[-1]["total"] == 2 * len(jobs)
     for job in jobs:
-        meta = gen.read_metadata(run.eval_dir / job.name)
+        meta = imagemeta.read_metadata(run.eval_dir / job.name)
         assert (meta["prompt"], meta["seed"], meta["guidance_scale"]) == (job.prompt, job.seed, job.guidance_scale)
         assert meta["base_model"] == cfg["base_model"] and meta["num_inference_steps"] == cfg["num_inference_steps"]
         assert meta["loras"] == [{"path": str(run.lora_file), "weight": 1.0, "run": "exp02"}]
         assert (meta["width"], meta["height"]) == (64, 64)
         ckpt_image = run.checkpoint_eval_dir(5) / job.name
-        assert gen.read_metadata(ckpt_image)["checkpoint"] == 5
+        assert imagemeta.read_metadata(ckpt_image)["checkpoint"] == 5
         assert np.abs(_pixels(ckpt_image) - _pixels(run.eval_dir / job.name)).max() <= 1
 
     scores = run.scores()
@@ -158,14 +158,14 @@ def test_evaluate_refuses_a_run_without_lora_before_touching_it(study: config.St
 
 @pytest.fixture(scope="module")
 def pipe(study: config.Study):
-    return gen.load_pipeline(study.get("exp01").settings.base_model, "cpu")
+    return pipeline.load_pipeline(study.get("exp01").settings.base_model, "cpu")
 
 
 def _one(pipe, tmp: Path, name: str, loras, fuse: bool = False, seed: int = 3) -> np.ndarray:
-    gen.set_loras(pipe, loras, fuse=fuse)
-    job = gen.Job(f"{name}.png", "a photo of cr7man", 3.5, seed)
-    settings = gen.GenSettings("tiny", 64, 64, 4, max_sequence_length=32)
-    [path] = gen.generate_images(pipe, [job], tmp, settings)
+    pipeline.set_loras(pipe, loras, fuse=fuse)
+    job = imagemeta.Job(f"{name}.png", "a photo of cr7man", 3.5, seed)
+    settings = imagemeta.GenSettings("tiny", 64, 64, 4, max_sequence_length=32)
+    [path] = pipeline.generate_images(pipe, [job], tmp, settings)
     return _pixels(path)
 
 
@@ -188,11 +188,11 @@ def test_a_merge_of_two_loras_differs_from_each_alone(pipe, study: config.Study,
 
 
 def test_batched_images_equal_one_at_a_time(pipe, tmp_path: Path) -> None:
-    gen.set_loras(pipe, [])
-    jobs = gen.eval_jobs(["a photo of cr7man", "cr7man smiling at camera", "portrait of cr7man"], [3.5], 1, 4)
-    settings = gen.GenSettings("tiny", 64, 64, 4, max_sequence_length=32)
-    batched = gen.generate_images(pipe, jobs, tmp_path / "b3", settings, batch_size=3)
-    single = gen.generate_images(pipe, jobs, tmp_path / "b1", settings, batch_size=1)
+    pipeline.set_loras(pipe, [])
+    jobs = pipeline.eval_jobs(["a photo of cr7man", "cr7man smiling at camera", "portrait of cr7man"], [3.5], 1, 4)
+    settings = imagemeta.GenSettings("tiny", 64, 64, 4, max_sequence_length=32)
+    batched = pipeline.generate_images(pipe, jobs, tmp_path / "b3", settings, batch_size=3)
+    single = pipeline.generate_images(pipe, jobs, tmp_path / "b1", settings, batch_size=1)
     for x, y in zip(batched, single, strict=True):
         assert np.abs(_pixels(x) - _pixels(y)).max() <= 1
 
@@ -207,7 +207,7 @@ def test_generate_command_merges_two_runs_and_scores_against_one(study: config.S
     out = study.workspace.root / "merges" / "exp01+exp02-w0.8,0.7"
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["p01-g3.5-s0.png", "p01-g3.5-s1.png"]
-    meta = gen.read_metadata(pngs[0])
+    meta = imagemeta.read_metadata(pngs[0])
     assert [(x["run"], x["weight"]) for x in meta["loras"]] == [("exp01", 0.8), ("exp02", 0.7)]
     assert meta["prompt"] == "cr7man and a friend, group photo" and meta["fused"] is False
     scores = json.loads((out / "scores-exp01.json").read_text())
@@ -217,7 +217,7 @@ def test_generate_command_merges_two_runs_and_scores_against_one(study: config.S
 
 def test_generate_rejects_weights_that_do_not_match_the_loras(study: config.Study, capsys) -> None:
     runs = study.workspace.runs_dir
-    code = gen.main(["--lora", str(runs / "exp01"), "--lora", str(runs / "exp02"), "--weights", "0.8", "--prompt", "x"])
+    code = generate.main(["--lora", str(runs / "exp01"), "--lora", str(runs / "exp02"), "--weights", "0.8", "--prompt", "x"])
     assert code == 2 and "1 weight(s) for 2 --lora(s)" in capsys.readouterr().err
-    assert gen.main(["--lora", str(runs / "exp04"), "--prompt", "x"]) == 2
+    assert generate.main(["--lora", str(runs / "exp04"), "--prompt", "x"]) == 2
     assert "no LoRA there" in capsys.readouterr().err

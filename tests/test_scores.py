@@ -25,8 +25,7 @@ from facenet_pytorch import MTCNN, InceptionResnetV1
 from PIL import Image
 from skimage import data
 
-from flux_tui.engine import generate as gen
-from flux_tui.engine import score
+from flux_tui.engine import imagemeta, score
 
 REFERENCE = ("01.jpg", "03.jpg", "04.png", "05.jpg")  # demo photos used as the training set
 HELD_OUT = ("02.png", "06.png")  # other photos of the same person
@@ -55,7 +54,7 @@ def photos(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     items += [(f"face-{i:03d}.png", _lfw(i), "a portrait photo of a person") for i in range(N_FACES)]
     items += [(f"other-{i:03d}.png", _lfw(i), "a photo of a landscape") for i in range(100, 100 + N_OTHER)]
     for name, im, prompt in items:
-        gen.save_png(im, images / name, {"prompt": prompt, "seed": 0, "guidance_scale": 3.5})
+        imagemeta.save_png(im, images / name, {"prompt": prompt, "seed": 0, "guidance_scale": 3.5})
     return {"ref": ref, "images": images, "root": root}
 
 
@@ -92,7 +91,7 @@ def face(discriminative_weights: Path) -> score.FaceEmbedder:
 @pytest.fixture(scope="module")
 def result(photos: dict[str, Path], face: score.FaceEmbedder, clip_dir: Path) -> dict:
     images = score.list_images(photos["images"])
-    meta = [gen.read_metadata(p) for p in images]
+    meta = [imagemeta.read_metadata(p) for p in images]
     ref = score.reference_embedding(photos["ref"], face)
     return score.score_images(images, [m["prompt"] for m in meta], face, score.ClipScorer(str(clip_dir), "cpu"),
                               ref, meta)  # fmt: skip

@@ -3,6 +3,12 @@
 The folder is the truth. A run's process writes `status.json` (atomically), `events.jsonl` and `train.log`;
 the dashboard and the CLI only read them, and rebuild everything from disk after a restart.
 
+status.json: `state`, `stage`, `exit_code`, `message` and `log_tail` say where the run is and why (the outcome
+of the last process that owned it; `pid`, `pgid`, `process_start`, `host` name that process). `started_at`,
+`finished_at` and `device` are the training's. A standalone evaluation (`flux-tui evaluate`, the ablation)
+leaves those alone and records its own times, device, state, exit code and message under `evaluation`; a
+run without a training of its own (an ablation pseudo-run) shows the evaluation's times at the top too.
+
     runs/<name>/
         run.json        resolved config, its hashes, where it came from
         status.json     state, stage, pid + process start time, timestamps, exit code, message
@@ -56,13 +62,23 @@ class Status:
     job_id: str | None = None  # the executor's handle where it has one (a batch job); local runs: None
     stop_signal: str | None = None  # "SIGKILL" when a stop killed it: whoever records the end says cancelled
     queued_from: str | None = None  # the state it had when queued: taking it off the queue goes back to it
+    # The last standalone evaluation: {state, stage, pid, started_at, finished_at, device, exit_code, message}.
+    evaluation: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Status:
         if not data:
             return cls()
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if not isinstance(values.get("evaluation"), dict):
+            values["evaluation"] = None
+        return cls(**values)
+
+    @property
+    def evaluating(self) -> bool:
+        """A standalone evaluation owns the run now (or did, if its process vanished)."""
+        return self.state == RUNNING and (self.evaluation or {}).get("state") == RUNNING
 
     @property
     def label(self) -> str:
@@ -190,7 +206,50 @@ class RunDir:
             log_tail=[],
             device=device,
             stop_signal=None,
+            evaluation=None,  # a new training: an earlier standalone evaluation no longer describes it
         )
+
+    def has_training_record(self, status: Status) -> bool:
+        """Whether the top of status.json describes a training (the evaluation must keep it): an experiment
+        that has run, and whose times are not an earlier evaluation's."""
+        if status.started_at is None or self.kind != KIND_EXPERIMENT:
+            return False
+        return (status.evaluation or {}).get("started_at") != status.started_at
+
+    def mark_evaluation_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
+        """A standalone evaluation takes the run: running at `stage` with its pid (what every reader checks),
+        its own record under `evaluation`, the training's times, device and message kept."""
+        pid = pid or os.getpid()
+        now = time.time()
+        current = self.status()
+        record = {"state": RUNNING, "stage": stage, "pid": pid, "started_at": now, "finished_at": None,
+                  "device": device, "exit_code": None, "message": ""}  # fmt: skip
+        changes: dict[str, Any] = dict(
+            state=RUNNING, stage=stage, pid=pid, pgid=_pgid(pid), process_start=procs.start_time(pid),
+            host=socket.gethostname(), exit_code=None, log_tail=[], stop_signal=None, evaluation=record,
+        )  # fmt: skip
+        if not self.has_training_record(current):
+            changes.update(started_at=now, finished_at=None, device=device, message="")
+        return self.write_status(**changes)
+
+    def mark_evaluation_finished(self, state: str, message: str = "", exit_code: int | None = None,
+                                 keep_message: bool = False) -> Status:  # fmt: skip
+        """The evaluation's outcome: the run's state, exit code and (unless it is done and `keep_message`)
+        message; its record under `evaluation`. The training's times and device stay."""
+        now = time.time()
+        current = self.status()
+        trained = self.has_training_record(current)
+        record = {**(current.evaluation or {}), "state": state, "stage": current.stage, "finished_at": now,
+                  "exit_code": exit_code, "message": message}  # fmt: skip
+        changes: dict[str, Any] = dict(
+            state=state, exit_code=exit_code, evaluation=record,
+            log_tail=self.log_tail(20) if state in (FAILED, OOM) else [],
+        )  # fmt: skip
+        if not trained:
+            changes.update(finished_at=now, message=message)
+        elif state != DONE or not keep_message:
+            changes["message"] = message
+        return self.write_status(**changes)
 
     def mark_finished(self, state: str, message: str = "", exit_code: int | None = None) -> Status:
         return self.write_status(
@@ -217,13 +276,13 @@ class RunDir:
         record how it ended), is failed with the reason, or cancelled when a stop killed it."""
         status = self.status()
         if status.state == RUNNING and not self.is_process_alive(status) and not self.is_owned():
+            finish = self.mark_evaluation_finished if status.evaluating else self.mark_finished
             if status.stop_signal:
-                return self.mark_finished(
+                return finish(
                     CANCELLED, f"killed with {status.stop_signal} on request; work since the last checkpoint is lost"
                 )
-            return self.mark_finished(
-                FAILED, f"process {status.pid} vanished while {status.stage or 'running'} (killed or crashed)"
-            )
+            where = status.stage or "running"
+            return finish(FAILED, f"process {status.pid} vanished while {where} (killed or crashed)")
         return status
 
     # -- events, logs, results

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,19 +28,22 @@ from flux_tui.core import config
 from flux_tui.core.config import Experiment, Study
 from flux_tui.core.engine_args import ablation_args
 from flux_tui.core.runs import KIND_ABLATION, RunDir, run_dir
-from flux_tui.engine.evaluate import (
-    EvaluateError,
-    ModelCache,
-    check_ready,
-    evaluate_run,
-    logging_to,
-    run_owned,
+from flux_tui.engine.errors import EngineError
+from flux_tui.engine.evaluate import EvaluateError, ModelCache, check_ready, evaluate_owned
+from flux_tui.engine.run_owner import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Cancelled,
+    exit_code_for_signal,
+    signal_of,
 )
+from flux_tui.engine.runlog import logging_to
 
 GROUP = "Ablation"
 
 
-class AblationError(Exception):
+class AblationError(EngineError):
     pass
 
 
@@ -141,10 +145,10 @@ def run_ablation(study: Study, names: Sequence[str] | None = None, real_name: st
             continue
         print(f"\nablation: {pr.name}: {pr.description}", flush=True)
         with logging_to(run):
-            code = run_owned(run, "generate", lambda run=run: evaluate_run(run, models=models, batch_size=batch_size))
-        if code == 130:
-            raise KeyboardInterrupt
-        (done if code == 0 else failed).append(run if code == 0 else pr.name)
+            code = evaluate_owned(run, models, batch_size=batch_size)
+        if (signum := signal_of(code)) is not None:
+            raise Cancelled(signum)  # a stop signal: no further pseudo-run starts
+        (done if code == EXIT_DONE else failed).append(run if code == EXIT_DONE else pr.name)
     if failed:
         raise AblationError(f"{len(failed)} pseudo-run(s) failed: {', '.join(failed)} (see their status)")
     return done
@@ -158,16 +162,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = config.load(args.file)
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     names = [n.strip() for n in args.experiments.split(",") if n.strip()] if args.experiments else None
     try:
         runs = run_ablation(study, names, args.real_name, force=args.force, models=ModelCache(args.device),
                             batch_size=args.batch_size)  # fmt: skip
     except AblationError as exc:
         print(f"ablation: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return EXIT_FAILED
+    except Cancelled as exc:
+        return exit_code_for_signal(exc.signum)
+    except KeyboardInterrupt:  # Ctrl-C between two pseudo-runs, when no run's handlers are in place
+        return exit_code_for_signal(signal.SIGINT)
     print("\nablation:")
     for run in runs:
         s = run.scores() or {}

@@ -2,30 +2,32 @@
 
 The trainer calls `evaluate_run(run)` in its own process once the LoRA is saved, and owns the run's
 final state. `python -m flux_tui.engine.evaluate RUN_DIR [--score-only]` re-runs it alone (after a failed
-scoring, or with new evaluation settings) and then marks the run's state itself: running with stage
-generate/score, then done, failed, cancelled or oom. A failure in scoring leaves the LoRA and the images.
+scoring, or with new evaluation settings) as the run's owner (`engine.run_owner`): running with stage
+generate/score, then done, failed, cancelled or oom, with its own times and message under status.json's
+`evaluation` beside the training's. A failure in scoring leaves the LoRA and the images.
+`python -m flux_tui.engine.generate RUN_DIR` makes the grid alone (`generate_run`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flux_tui.core.launch import run_lock
-from flux_tui.core.runs import CANCELLED, DONE, FAILED, KIND_EXPERIMENT, OOM, RUNNING, RunDir
-from flux_tui.engine import generate as gen_mod
+from flux_tui.core.runs import KIND_EXPERIMENT, RunDir
+from flux_tui.engine import pipeline
 from flux_tui.engine import score as score_mod
+from flux_tui.engine.device import choose, device_label
+from flux_tui.engine.errors import EngineError
+from flux_tui.engine.imagemeta import GenSettings, Job, read_metadata
+from flux_tui.engine.run_owner import EXIT_USAGE, NotOwned, owned_run
+from flux_tui.engine.runlog import logging_to
 
 
-class EvaluateError(Exception):
+class EvaluateError(EngineError):
     """The run cannot be evaluated as asked (no LoRA, no images to score); the message says why."""
 
 
@@ -42,7 +44,7 @@ class ModelCache:
         key = (base_model, revision)
         if key not in self._pipes:
             self._pipes.clear()  # one base model at a time: FLUX.1-dev alone fills most cards
-            self._pipes[key] = gen_mod.load_pipeline(base_model, self.device, revision)
+            self._pipes[key] = pipeline.load_pipeline(base_model, self.device, revision)
         return self._pipes[key]
 
     def face(self, weights: str | None) -> score_mod.FaceEmbedder:
@@ -93,27 +95,27 @@ def _clear_eval_images(run: RunDir) -> None:
             png.unlink()
 
 
-def generate_stage(run: RunDir, models: ModelCache, batch_size: int = gen_mod.DEFAULT_BATCH) -> list[Path]:
+def generate_stage(run: RunDir, models: ModelCache, batch_size: int = pipeline.DEFAULT_BATCH) -> list[Path]:
     """Make the evaluation grid of the run's LoRA (and of each checkpoint with `eval_checkpoints`)."""
     check_ready(run)
     cfg = _settings(run)
     lora = run.lora_source()
     size = cfg.get("eval_resolution") or cfg["resolution"]
-    jobs = gen_mod.eval_jobs(cfg["eval_prompts"], cfg["guidance_scales"], cfg["images_per_prompt"], cfg["eval_seed"])
+    jobs = pipeline.eval_jobs(cfg["eval_prompts"], cfg["guidance_scales"], cfg["images_per_prompt"], cfg["eval_seed"])
     checkpoints = run.checkpoints() if cfg.get("eval_checkpoints") else []
     total = len(jobs) * (1 + len(checkpoints))
     _clear_eval_images(run)
     pipe = models.pipeline(cfg["base_model"], cfg.get("revision"))
     made: list[Path] = []
 
-    def on_image(path: Path, job: gen_mod.Job, i: int, n: int, step: int | None = None) -> None:
+    def on_image(path: Path, job: Job, i: int, n: int, step: int | None = None) -> None:
         made.append(path)
         run.append_event("eval_image", path=_rel(run, path), prompt=job.prompt, guidance=job.guidance_scale,
                          seed=job.seed, checkpoint=step, index=len(made), total=total)  # fmt: skip
         print(f"generate: [{len(made)}/{total}] {_rel(run, path)}  {job.prompt}", flush=True)
 
-    def settings(loras: list[dict[str, Any]], step: int | None) -> gen_mod.GenSettings:
-        return gen_mod.GenSettings(
+    def settings(loras: list[dict[str, Any]], step: int | None) -> GenSettings:
+        return GenSettings(
             base_model=cfg["base_model"], width=size, height=size, num_inference_steps=cfg["num_inference_steps"],
             max_sequence_length=cfg.get("max_sequence_length", 512), revision=cfg.get("revision"),
             loras=loras, run=run.name, checkpoint=step,
@@ -122,15 +124,21 @@ def generate_stage(run: RunDir, models: ModelCache, batch_size: int = gen_mod.DE
     rank, alpha = cfg["lora_rank"], cfg.get("lora_alpha") or cfg["lora_rank"]
     for ckpt in checkpoints:
         step = int(ckpt.name.split("-")[-1])
-        gen_mod.set_loras(pipe, [(gen_mod.checkpoint_lora(ckpt, rank, alpha), 1.0)])
-        gen_mod.generate_images(pipe, jobs, run.checkpoint_eval_dir(step),
+        pipeline.set_loras(pipe, [(pipeline.checkpoint_lora(ckpt, rank, alpha), 1.0)])
+        pipeline.generate_images(pipe, jobs, run.checkpoint_eval_dir(step),
                                 settings([{"path": str(ckpt), "weight": 1.0, "run": run.name}], step),
                                 batch_size=batch_size, on_image=lambda p, j, i, n, s=step: on_image(p, j, i, n, s))  # fmt: skip
-    gen_mod.set_loras(pipe, [(lora, 1.0)] if lora else [])
+    pipeline.set_loras(pipe, [(lora, 1.0)] if lora else [])
     loras = [{"path": str(lora), "weight": 1.0, "run": (run.read_run() or {}).get("source_run", run.name)}] if lora else []
-    gen_mod.generate_images(pipe, jobs, run.eval_dir, settings(loras, None), batch_size=batch_size, on_image=on_image)
-    gen_mod.clear_loras(pipe)
+    pipeline.generate_images(pipe, jobs, run.eval_dir, settings(loras, None), batch_size=batch_size, on_image=on_image)
+    pipeline.clear_loras(pipe)
     return made
+
+
+def generate_run(run: RunDir, device: str | None = None, batch_size: int = pipeline.DEFAULT_BATCH) -> int:
+    """`python -m flux_tui.engine.generate RUN_DIR`: the run's evaluation grid alone, without scoring it."""
+    generate_stage(run, ModelCache(device), batch_size=batch_size)
+    return 0
 
 
 def reference_dir(run: RunDir, cfg: dict[str, Any]) -> Path:
@@ -147,7 +155,7 @@ def _score_folder(images: Sequence[Path], run: RunDir, cfg: dict[str, Any], mode
     clip = models.clip(cfg.get("clip_model") or score_mod.DEFAULT_CLIP)
     cache = (run.read_run() or {}).get("cache_dir")
     ref = score_mod.reference_embedding(reference_dir(run, cfg), face, Path(cache) if cache else None)
-    meta = [gen_mod.read_metadata(p) for p in images]
+    meta = [read_metadata(p) for p in images]
     prompts = [m.get("prompt") for m in meta]
     if not all(prompts):
         raise EvaluateError(f"evaluation images without a prompt in their metadata in {run.eval_dir}; "
@@ -183,7 +191,7 @@ def evaluate_run(
     *,
     score_only: bool = False,
     models: ModelCache | None = None,
-    batch_size: int = gen_mod.DEFAULT_BATCH,
+    batch_size: int = pipeline.DEFAULT_BATCH,
 ) -> None:
     """Generate the run's evaluation images, then score them into scores.json, announcing each stage in
     status.json and events.jsonl. Raises on failure (the caller sets the final state)."""
@@ -200,99 +208,31 @@ def evaluate_run(
 
 # -- standalone ---------------------------------------------------------------------------------------
 
-
-class _Cancelled(Exception):
-    pass
+OOM_ADVICE = "out of GPU memory while evaluating: lower --batch-size or eval_resolution"
 
 
-def _on_signal(signum: int, _frame: Any) -> None:
-    raise _Cancelled(f"stopped by {signal.Signals(signum).name}")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def run_owned(run: RunDir, stage: str, work: Callable[[], None], device: str | None = None) -> int:
-    """Run `work` as the owner of `run`: refuse when a live process owns it, mark it running at `stage`,
-    and leave it done, failed, cancelled or oom, whatever happens. Returns an exit code."""
-    with run_lock(run):
-        status = run.status()
-        if status.state == RUNNING and run.is_process_alive(status) and status.pid != os.getpid():
-            print(f"evaluate: run {run.name!r} is busy (pid {status.pid}, {status.label})", file=sys.stderr)
-            return 1
-        run.mark_started(stage, device=device)
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+def evaluate_owned(run: RunDir, models: ModelCache, *, score_only: bool = False,
+                   batch_size: int = pipeline.DEFAULT_BATCH) -> int:  # fmt: skip
+    """Evaluate `run` as its owner (`owned_run`): refused (EXIT_BUSY) when a live process owns it, else
+    marked running and left done, failed, cancelled or oom with the evaluation's own record beside the
+    training's. Returns the exit code."""
+    device = device_label(choose(models.device))
     try:
-        work()
-    except (_Cancelled, KeyboardInterrupt) as exc:
-        run.mark_finished(CANCELLED, str(exc) or "cancelled")
-        return 130
-    except Exception as exc:
-        traceback.print_exc()
-        if _is_oom(exc):
-            run.mark_finished(OOM, "out of GPU memory while evaluating: lower --batch-size or eval_resolution", 1)
-        else:
-            run.mark_finished(FAILED, f"{run.status().stage or 'evaluate'}: {type(exc).__name__}: {exc}", 1)
-        return 1
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    run.mark_finished(DONE, exit_code=0)
-    return 0
-
-
-class _Tee:
-    """Copies what the process prints into the run's train.log (the log the dashboard shows)."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        self.log.flush()
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
-def _logs_to_train_log(run: RunDir) -> bool:
-    """True when stdout already goes to train.log (a detached launch); then nothing needs copying."""
-    try:
-        out, log = os.fstat(sys.stdout.fileno()), os.stat(run.train_log)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (out.st_dev, out.st_ino) == (log.st_dev, log.st_ino)
-
-
-@contextlib.contextmanager
-def logging_to(run: RunDir) -> Iterator[None]:
-    """Copy what this process prints into the run's train.log too (unless stdout already goes there)."""
-    if _logs_to_train_log(run):
-        yield
-        return
-    run.path.mkdir(parents=True, exist_ok=True)
-    with open(run.train_log, "a", encoding="utf-8") as log:
-        log.write(f"\n=== {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = saved
+        with owned_run(run, "score" if score_only else "generate", evaluation=True, device=device) as owner:
+            owner.oom_advice = lambda exc: OOM_ADVICE
+            evaluate_run(run, score_only=score_only, models=models, batch_size=batch_size)
+    except NotOwned as exc:  # another process owns the run, or a stop came while taking it
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return exc.exit_code
+    assert owner.exit_code is not None
+    return owner.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flux_tui.engine.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("run", help="the run folder (runs/<name>)")
     parser.add_argument("--score-only", action="store_true", help="score the existing images again")
-    parser.add_argument("--batch-size", type=int, default=gen_mod.DEFAULT_BATCH, help="images per pipeline call")
+    parser.add_argument("--batch-size", type=int, default=pipeline.DEFAULT_BATCH, help="images per pipeline call")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
     args = parser.parse_args(argv)
     run = RunDir(Path(args.run).resolve())
@@ -300,11 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_ready(run, args.score_only)
     except EvaluateError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-    models = ModelCache(args.device)
+        return EXIT_USAGE
     with logging_to(run):
-        return run_owned(run, "score" if args.score_only else "generate",
-                         lambda: evaluate_run(run, score_only=args.score_only, models=models, batch_size=args.batch_size))  # fmt: skip
+        return evaluate_owned(run, ModelCache(args.device), score_only=args.score_only, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

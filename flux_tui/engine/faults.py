@@ -17,11 +17,13 @@ import os
 import time
 from dataclasses import dataclass
 
+from flux_tui.engine.errors import EngineError
+
 ENV = "FLUX_TUI_FAULT"
 
 
-class FaultSpecError(ValueError):
-    pass
+class FaultSpecError(EngineError, ValueError):
+    """FLUX_TUI_FAULT names an unknown fault or a malformed value."""
 
 
 @dataclass(frozen=True)

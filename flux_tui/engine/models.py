@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from flux_tui.engine.errors import EngineError
+
+if TYPE_CHECKING:
+    import torch
 
 # What the trainer and the evaluation read from a FLUX repository. FLUX.1-dev's repo also holds the
 # original single-file checkpoints (flux1-dev.safetensors, ae.safetensors: 24 GB) that nobody here needs.
@@ -23,11 +27,11 @@ PIPELINE_PATTERNS = [
 ]
 
 
-class ModelError(Exception):
+class ModelError(EngineError):
     """The base model cannot be had; the message says why and what to do."""
 
 
-class MissingLibraryError(Exception):
+class MissingLibraryError(EngineError):
     """A setting needs an optional library that is not installed; the message says which and how."""
 
 
@@ -83,6 +87,7 @@ def resolve_model(base_model: str, revision: str | None, log: Callable[[str], No
 def load_transformer(model_dir: Path, quantize: str, dtype: torch.dtype):
     """The FLUX transformer, frozen, in `dtype`; `quantize` 'int8' (torchao, else optimum-quanto) or 'nf4'
     (bitsandbytes) stores its weights quantized while LoRA layers added later train in full precision."""
+    import torch
     from diffusers import FluxTransformer2DModel
 
     kwargs: dict = {"subfolder": "transformer", "torch_dtype": dtype}
@@ -107,6 +112,7 @@ def load_transformer(model_dir: Path, quantize: str, dtype: torch.dtype):
 
 
 def _load_int8(model_dir: Path, kwargs: dict):
+    import torch
     from diffusers import FluxTransformer2DModel
 
     try:

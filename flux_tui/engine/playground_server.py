@@ -22,10 +22,23 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from flux_tui.core import playground_folder
+from flux_tui.engine.device import is_oom
+from flux_tui.engine.imagemeta import GenSettings, Job, metadata_for, save_png
+from flux_tui.engine.models import ModelError
+from flux_tui.engine.pipeline import GenerateError, load_pipeline, resolve_lora, set_loras
+from flux_tui.engine.score import (
+    IMAGE_SUFFIXES,
+    ClipScorer,
+    FaceEmbedder,
+    ScoreError,
+    list_images,
+    load_image,
+)
 
 _out: IO[str] = sys.stdout  # the protocol stream; replaced in main() by a private copy of fd 1
 
@@ -54,6 +67,34 @@ def _number(req: dict[str, Any], key: str, kind: type, default: Any, low: float 
     if low is not None and value < low:
         raise RequestError(f"{key}: expected a value >= {low:g}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class _GenerateRequest:
+    """A `generate` request's values, checked."""
+
+    prompt: str
+    guidance: float
+    steps: int
+    seed: int
+    width: int
+    height: int
+    max_sequence_length: int
+
+    @classmethod
+    def parse(cls, req: dict[str, Any]) -> _GenerateRequest:
+        prompt = str(req.get("prompt") or "").strip()
+        if not prompt:
+            raise RequestError("prompt: type a prompt first")
+        guidance = _number(req, "guidance", float, 3.5, 0)
+        steps = _number(req, "steps", int, 28, 1)
+        seed = _number(req, "seed", int, 0)
+        width = _number(req, "width", int, 1024, 16)
+        height = _number(req, "height", int, width, 16)
+        for key, v in (("width", width), ("height", height)):
+            if v % 16:
+                raise RequestError(f"{key}: must be a multiple of 16, got {v}")
+        return cls(prompt, guidance, steps, seed, width, height, _number(req, "max_sequence_length", int, 512, 1))
 
 
 class Playground:
@@ -100,8 +141,6 @@ class Playground:
         return {"load_s": load_s, **self.counters}
 
     def op_set_loras(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.generate import GenerateError, resolve_lora
-
         wanted = []
         for i, item in enumerate(req.get("loras") or []):
             if not isinstance(item, dict) or not item.get("path"):
@@ -116,8 +155,6 @@ class Playground:
         return {"loras": wanted}
 
     def op_add_reference(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        from flux_tui.engine.score import IMAGE_SUFFIXES, list_images
-
         added: list[str] = []
         for raw in req.get("paths") or []:
             p = Path(raw).expanduser()
@@ -142,21 +179,7 @@ class Playground:
         return self.reference_summary()
 
     def op_generate(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
-        import torch
-
-        from flux_tui.engine.generate import GenSettings, Job, metadata_for, save_png
-
-        prompt = str(req.get("prompt") or "").strip()
-        if not prompt:
-            raise RequestError("prompt: type a prompt first")
-        guidance = _number(req, "guidance", float, 3.5, 0)
-        steps = _number(req, "steps", int, 28, 1)
-        seed = _number(req, "seed", int, 0)
-        width = _number(req, "width", int, 1024, 16)
-        height = _number(req, "height", int, width, 16)
-        for key, v in (("width", width), ("height", height)):
-            if v % 16:
-                raise RequestError(f"{key}: must be a multiple of 16, got {v}")
+        ask = _GenerateRequest.parse(req)
         # One key press in the dashboard is one request: it may carry the base model and LoRAs to use.
         if "base_model" in req:
             self.op_configure({"base_model": req["base_model"], "revision": req.get("revision")}, rid)
@@ -166,42 +189,25 @@ class Playground:
         load_s = self._ensure_pipeline(rid)
         lora_s = self._apply_loras(rid)
         t2 = time.monotonic()
-
-        def on_step(pipe: Any, i: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            emit("progress", id=rid, phase="generate", step=i + 1, total=steps)
-            return kwargs
-
-        emit("progress", id=rid, phase="generate", step=0, total=steps)
-        result = self.pipe(
-            prompt=prompt,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            max_sequence_length=_number(req, "max_sequence_length", int, 512, 1),
-            callback_on_step_end=on_step,
-        )
-        image = result.images[0]
-        self.counters["generations"] += 1
+        image = self._render(ask, rid)
         t3 = time.monotonic()
         gen = GenSettings(
-            base_model=str(self.base_model), width=width, height=height, num_inference_steps=steps,
+            base_model=str(self.base_model), width=ask.width, height=ask.height, num_inference_steps=ask.steps,
             revision=self.revision, loras=[dict(x) for x in self.loras],
         )  # fmt: skip
-        path = playground_folder.new_image_path(self.workspace, seed)
-        meta = {**metadata_for(Job(path.name, prompt, guidance, seed), gen), "source": "playground"}
+        path = playground_folder.new_image_path(self.workspace, ask.seed)
+        meta = {**metadata_for(Job(path.name, ask.prompt, ask.guidance, ask.seed), gen), "source": "playground"}
         save_png(image, path, meta)
-        scores, score_note = self._score(path, prompt, rid)
+        scores, score_note = self._score(path, ask.prompt, rid)
         t4 = time.monotonic()
         out = {
             "path": str(path),
-            "prompt": prompt,
-            "seed": seed,
-            "guidance": guidance,
-            "steps": steps,
-            "width": width,
-            "height": height,
+            "prompt": ask.prompt,
+            "seed": ask.seed,
+            "guidance": ask.guidance,
+            "steps": ask.steps,
+            "width": ask.width,
+            "height": ask.height,
             "loras": self.loras,
             **scores,
             "score_note": score_note,
@@ -212,6 +218,28 @@ class Playground:
         }
         playground_folder.append_index(self.workspace, {k: v for k, v in out.items() if k != "counters"} | {"t": time.time()})
         return out
+
+    def _render(self, ask: _GenerateRequest, rid: Any) -> Any:
+        """One image from the loaded pipeline, with a progress event per denoising step."""
+        import torch
+
+        def on_step(pipe: Any, i: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            emit("progress", id=rid, phase="generate", step=i + 1, total=ask.steps)
+            return kwargs
+
+        emit("progress", id=rid, phase="generate", step=0, total=ask.steps)
+        result = self.pipe(
+            prompt=ask.prompt,
+            height=ask.height,
+            width=ask.width,
+            num_inference_steps=ask.steps,
+            guidance_scale=ask.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(ask.seed),
+            max_sequence_length=ask.max_sequence_length,
+            callback_on_step_end=on_step,
+        )
+        self.counters["generations"] += 1
+        return result.images[0]
 
     def op_stats(self, req: dict[str, Any], rid: Any) -> dict[str, Any]:
         return {
@@ -229,9 +257,6 @@ class Playground:
             return 0.0
         if not self.base_model:
             raise RequestError("base_model: pick a base model first (configure)")
-        from flux_tui.engine.generate import load_pipeline
-        from flux_tui.engine.models import ModelError
-
         emit("progress", id=rid, phase="load", step=0, total=1, message=f"loading {self.base_model}")
         t0 = time.monotonic()
         try:
@@ -246,8 +271,6 @@ class Playground:
         return dt
 
     def _apply_loras(self, rid: Any) -> float:
-        from flux_tui.engine.generate import set_loras
-
         wanted = [(x["path"], float(x["weight"])) for x in self.loras]
         if wanted == self._applied:
             return 0.0
@@ -261,16 +284,12 @@ class Playground:
 
     def _face_model(self) -> Any:
         if self.face is None:
-            from flux_tui.engine.score import FaceEmbedder
-
             self.face = FaceEmbedder(self.face_weights, self.device)
             self.counters["face_loads"] += 1
         return self.face
 
     def _clip_model(self) -> Any:
         if self.clip is None and self.clip_model:
-            from flux_tui.engine.score import ClipScorer
-
             self.clip = ClipScorer(self.clip_model, self.device)
             self.counters["clip_loads"] += 1
         return self.clip
@@ -278,7 +297,6 @@ class Playground:
     def _embed_refs(self, paths: list[str], rid: Any) -> None:
         if not paths:
             return
-        from flux_tui.engine.score import ScoreError, load_image
 
         try:
             face = self._face_model()
@@ -299,8 +317,6 @@ class Playground:
         """CLIP score, face found, face distance and identity similarity of one image. A missing scoring
         model does not lose the image: the scores it would give are None and the note says why."""
         import torch
-
-        from flux_tui.engine.score import ScoreError, load_image
 
         emit("progress", id=rid, phase="score", step=0, total=1)
         scores: dict[str, Any] = {"clip_score": None, "face": None, "face_distance": None, "identity_similarity": None}
@@ -353,12 +369,8 @@ class Playground:
             emit("error", id=rid, op=op, message=str(exc))
         except Exception as exc:  # the process outlives one failed request, and says what went wrong
             traceback.print_exc(file=sys.stderr)
-            emit("error", id=rid, op=op, message=f"{type(exc).__name__}: {exc}", oom=_is_oom(exc))
+            emit("error", id=rid, op=op, message=f"{type(exc).__name__}: {exc}", oom=is_oom(exc))
         return True
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
 def main() -> int:

@@ -31,6 +31,10 @@ from PIL import Image
 from flux_tui.core import metrics
 from flux_tui.core.engine_args import score_args
 from flux_tui.core.fsutil import atomic_write_json, file_sha256, read_json
+from flux_tui.engine.demo import DEMO_NOTICE, MARKER
+from flux_tui.engine.device import choose
+from flux_tui.engine.errors import EngineError
+from flux_tui.engine.imagemeta import read_metadata
 from flux_tui.engine.photos import PhotoError, PhotoFile, decode, describe, load_photo, photo_files
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -48,7 +52,7 @@ METHOD_NOTE = (
 )
 
 
-class ScoreError(Exception):
+class ScoreError(EngineError):
     """Scoring cannot go on (missing weights, no faces in the reference photos...); the message says why."""
 
 
@@ -135,12 +139,6 @@ def resolve_face_weights(path: str | Path | None) -> Path:
 # -- models -----------------------------------------------------------------------------------------
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class FaceEmbedder:
     """MTCNN + InceptionResnetV1, loaded once. `embed` gives one unit vector per image, or None (no face)."""
 
@@ -148,7 +146,7 @@ class FaceEmbedder:
         import torch
         from facenet_pytorch import MTCNN, InceptionResnetV1
 
-        self.device = _device(device)
+        self.device = choose(device)
         self.weights = resolve_face_weights(weights)
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
@@ -195,7 +193,7 @@ class ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         self.model_id = model
-        self.device = _device(device)
+        self.device = choose(device)
         try:
             self.processor = CLIPProcessor.from_pretrained(model)
             self.model = CLIPModel.from_pretrained(model).eval().to(self.device)
@@ -386,8 +384,6 @@ def score_images(
 
 def demo_note(face_weights: Path | None, clip_model: str | None) -> str:
     """The demo's notice when a model comes from a demo workspace (random weights: mechanics only)."""
-    from flux_tui.engine.demo import DEMO_NOTICE, MARKER
-
     for item in (face_weights, clip_model):
         if not item:
             continue
@@ -413,8 +409,6 @@ def score_paths(
 ) -> dict[str, Any]:
     """Load the models and score `images` (prompts from PNG metadata unless given). For one-off use;
     a process scoring many sets keeps its own FaceEmbedder and ClipScorer."""
-    from flux_tui.engine.generate import read_metadata
-
     face = FaceEmbedder(face_weights, device)
     clip = ClipScorer(clip_model, device)
     ref = reference_embedding(reference_dir, face, cache_dir)
@@ -456,8 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flux_tui.engine.score", description=__doc__.split("\n")[0])
     score_args(parser)  # the same arguments as `flux-tui score`
     args = parser.parse_args(argv)
-    from flux_tui.engine.generate import read_metadata
-
     try:
         images = list_images(Path(args.images))
         if not images:
