@@ -91,7 +91,7 @@ def test_stale_run_is_detected_and_never_silently_reused(study: config.Study, tm
     # With a trained LoRA, a training change is refused with a message that says what to do.
     run.lora_dir.mkdir()
     run.lora_file.write_bytes(b"x")
-    with pytest.raises(runs.StaleRunError, match="lora_rank.*delete"):
+    with pytest.raises(runs.StaleRunError, match="lora_rank.*flux-tui reset a"):
         runs.prepare(study, exp)
     # An evaluation-only change keeps the LoRA and updates run.json.
     (tmp_path / "experiments.toml").write_text(STUDY_TOML + 'lora_rank = 4\neval_prompts = ["x"]\n')
