@@ -274,6 +274,7 @@ async def test_help_lists_the_keys_and_q_quits_saying_runs_keep_going(workspace)
     farewell = app.farewell()
     assert "1 run(s) keep going in the background: exp03" in farewell
     assert "1 queued run(s) will start as slots free, with no dashboard open: exp04" in farewell
+    assert "Reopen with: " in farewell and f" {study.file}   (or from a shell: " in farewell
 
 
 async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail(workspace) -> None:
