@@ -181,10 +181,10 @@ def test_a_run_trains_and_leaves_its_folder_complete(base: RunDir) -> None:
 
 
 def test_the_log_holds_the_engines_progress_lines_not_library_bars_or_notices(base: RunDir) -> None:
-    """base encoded the photos and prompt itself (the first run on an empty cache), loading pipeline parts
-    through diffusers and transformers: their progress bars and diffusers' torch_dtype notice stay out."""
+    """base encoded the photos (and their flips) and prompt itself (the first run on an empty cache), loading
+    pipeline parts through diffusers and transformers: their progress bars and torch_dtype notice stay out."""
     log = base.train_log.read_text()
-    for line in ("cache: encoding 6 image(s) with the VAE", "step 1/10", "step 10/10", "checkpoint: checkpoint-8",
+    for line in ("cache: encoding 12 image(s) with the VAE", "step 1/10", "step 10/10", "checkpoint: checkpoint-8",
                  "samples: 1 image(s) in samples/step_5", "lora: "):  # fmt: skip
         assert line in log, line
     for noise in ("Loading weights", "Loading pipeline components", "it/s]", "%|", "\r", "torch_dtype",
