@@ -210,8 +210,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- evaluation: score, generate, evaluate, ablation (their engine modules parse these same arguments) ---
 
 
-@command("score", "Score a folder of images: face distance, identity similarity, CLIP score, faceless count.", score_args)
+def _score_args(p: argparse.ArgumentParser) -> None:
+    score_args(p)
+    p.add_argument("-f", "--file", metavar="FILE", help="the study whose clip_model, face_weights and cache_dir "
+                   f"to use (default: ./{config.DEFAULT_FILE} when there is one)")  # fmt: skip
+
+
+@command("score", "Score a folder of images: face distance, identity similarity, CLIP score, faceless count.",
+         _score_args)  # fmt: skip
 def cmd_score(args: argparse.Namespace) -> int:
+    """Inside a workspace (-f FILE, or experiments.toml here) the study's models, unless flags say otherwise."""
+    file = args.file or (config.DEFAULT_FILE if Path(config.DEFAULT_FILE).is_file() else None)
+    if file and (args.clip_model is None or args.face_weights is None or args.cache_dir is None):
+        study = load_or_report(file)
+        if study is None:
+            print("flux-tui score reads its models from that file: fix it, or pass --clip-model and "
+                  "--face-weights and run it elsewhere", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        if study.experiments:
+            s = study.experiments[0].settings
+            args.clip_model = args.clip_model or s.clip_model
+            args.face_weights = args.face_weights or s.face_weights
+        args.cache_dir = args.cache_dir or str(study.workspace.cache_dir)
+        print(f"score: models of {file}: CLIP {args.clip_model}, face weights "
+              f"{args.face_weights or 'the torch hub cache'}", file=sys.stderr)  # fmt: skip
     opts = to_flags(args, "reference", "prompt", "clip_model", "face_weights", "cache_dir", "json", "out", "device")
     return run_engine("score", args.images, *opts)
 

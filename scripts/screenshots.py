@@ -40,7 +40,7 @@ async def shoot_playground(tmp: Path, out: Path) -> Path:
 
     from flux_tui.core import config
     from flux_tui.tui.app import FluxApp
-    from flux_tui.tui.widgets.images import ImageWidget
+    from flux_tui.tui.widgets.images import FittedImage
 
     demo = tmp / "demo"
     subprocess.run([sys.executable, "-m", "flux_tui.engine.demo", str(demo)], check=True, capture_output=True)
@@ -54,7 +54,7 @@ async def shoot_playground(tmp: Path, out: Path) -> Path:
             await pilot.pause(0.1)
         await pilot.press("ctrl+g")
         for _ in range(1200):
-            if screen.results and screen.query_one("#pg-image", ImageWidget).image is not None:
+            if screen.results and screen.query_one("#pg-image", FittedImage).image is not None:
                 break
             await pilot.pause(0.1)
         await pilot.pause(0.5)

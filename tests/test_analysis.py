@@ -84,6 +84,28 @@ def test_report_writes_markdown_charts_and_contact_sheet(study: config.Study, tm
     sheet = Image.open(path.parent / "contact_sheet.png")
     # 11 runs side by side, 2 prompts down: the sheet is wider than tall.
     assert sheet.size[0] > sheet.size[1]
+    # the first prompt's label keeps its word spaces: its ink splits at wide gaps into its words
+    first = study.experiments[0].settings.eval_prompts[0]
+    assert len(first.split()) == 4  # "a photo of cr7man"
+    labels = sheet.crop((0, 0, 256, sheet.size[1])).convert("L")  # the prompts' column, left of the images
+    top = next(y for y in range(labels.height) if any(labels.getpixel((x, y)) < 128 for x in range(labels.width)))
+    assert len(ink_words(labels.crop((0, top, 256, top + 14)))) == len(first.split())
+
+
+def ink_words(strip: Image.Image, space_px: int = 4) -> list[tuple[int, int]]:
+    """Runs of dark columns in a one-line strip, splitting where `space_px` or more columns are blank: the
+    words a reader sees (letters sit closer than that; a word space is wider)."""
+    gray = strip.convert("L")
+    columns = [any(gray.getpixel((x, y)) < 128 for y in range(gray.height)) for x in range(gray.width)]
+    words: list[tuple[int, int]] = []
+    blank = space_px
+    for x, ink in enumerate(columns):
+        if ink and blank >= space_px:
+            words.append((x, x))
+        elif ink:
+            words[-1] = (words[-1][0], x)
+        blank = 0 if ink else blank + 1
+    return words
 
 
 def test_runs_without_faces_are_explained_not_called_unscored(study: config.Study, tmp_path: Path) -> None:
@@ -100,6 +122,12 @@ def test_runs_without_faces_are_explained_not_called_unscored(study: config.Stud
     assert lr.reading("faceless") == "higher learning rate left faceless images unchanged in 2 of 2 comparisons"
     text = report.write_report(recs, tmp_path / "r").read_text()
     assert "No run has a face distance: no face was found" in text
+    # the face-distance panel says so instead of drawing empty axes; the CLIP panel still charts
+    fig = report.effect_figure(lr)
+    panels = dict(zip((m.key for m in report.HEADLINE), fig.axes, strict=True))
+    face, clip = panels["face_distance"], panels["clip_score"]
+    assert not face.axison and not face.lines and "no face found" in " ".join(t.get_text() for t in face.texts)
+    assert clip.axison and len(clip.lines) == len(lr.comparisons) and not clip.texts
 
 
 def test_a_run_s_figures_come_from_its_per_image_rows_as_the_study_defines_them() -> None:

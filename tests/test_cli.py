@@ -186,3 +186,25 @@ def test_reset_moves_runs_aside_and_refuses_running_ones(tmp_path: Path) -> None
         proc.wait()
     out = flux_tui("reset", "nosuch", cwd=ws)
     assert out.returncode == 2 and "no experiment or run folder named nosuch" in out.stderr
+
+
+def test_the_command_messages_print_works_as_typed_with_or_without_flux_tui_on_path(tmp_path: Path) -> None:
+    """After `make demo` flux-tui sits in .venv/bin, off PATH: the quit message must not say a bare
+    `flux-tui` then. Whatever it says is run here by a shell with that PATH, as the user would type it."""
+    import sysconfig
+
+    (tmp_path / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    scripts = sysconfig.get_path("scripts")
+    code = "from pathlib import Path; from flux_tui.core.console import reopen_line; print(reopen_line(Path('x y')))"
+    said = {}
+    for label, path in (("off PATH", "/usr/bin:/bin"), ("on PATH", f"{scripts}:/usr/bin:/bin")):
+        env = {**os.environ, "PATH": path}
+        line = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert line.returncode == 0, line.stderr
+        command = line.stdout.strip().removeprefix("Reopen with: ").split(" 'x y'")[0]  # the file, quoted
+        said[label] = command
+        typed = subprocess.run(["/bin/sh", "-c", f"{command} check experiments.toml"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert typed.returncode == 0 and "11 experiment(s)" in typed.stdout, (label, command, typed.stderr)
+    assert said["on PATH"] == "flux-tui"
+    assert said["off PATH"] == str(Path(scripts) / "flux-tui")  # the console script, by its absolute path

@@ -213,6 +213,19 @@ def test_generate_command_merges_two_runs_and_scores_against_one(study: config.S
     scores = json.loads((out / "scores-exp01.json").read_text())
     assert scores["n_images"] == 2 and scores["reference"]["dir"] == study.get("exp01").settings.data_dir
     assert "face distance" in proc.stdout
+    said = proc.stdout + proc.stderr  # the engine's lines only: no library progress bar or notice
+    assert "generate: loading" in said and "[2/2] p01-g3.5-s1.png" in said
+    assert not any(noise in said for noise in ("Loading pipeline components", "Loading weights", "it/s]", "torch_dtype"))
+
+    # --fuse: the same call fused writes its own folder and leaves the unfused images as they were
+    before = {p.name: p.read_bytes() for p in pngs}
+    proc = flux_tui("generate", "--lora", str(runs / "exp01"), "--lora", str(runs / "exp02"), "--weights", "0.8,0.7",
+                    "--prompt", "cr7man and a friend, group photo", "--fuse", tmp=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fused = study.workspace.root / "merges" / "exp01+exp02-w0.8,0.7-fused"
+    assert [p.name for p in fused.glob("*.png")] == ["p01-g3.5-s0.png"] and str(fused) in proc.stdout
+    assert gen.read_metadata(fused / "p01-g3.5-s0.png")["fused"] is True
+    assert {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))} == before
 
 
 def test_generate_rejects_weights_that_do_not_match_the_loras(study: config.Study, capsys) -> None:

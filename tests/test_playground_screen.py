@@ -13,7 +13,7 @@ from tui_helpers import ScreenHost, until
 
 from flux_tui.core import config
 from flux_tui.tui.screens.playground import PlaygroundScreen, parse_weights
-from flux_tui.tui.widgets.images import ImageWidget
+from flux_tui.tui.widgets.images import FittedImage
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ async def test_prompt_in_image_and_scores_out_with_the_pipeline_kept(study: conf
         scores = str(screen.query_one("#pg-scores", Static).render())
         assert f"CLIP score {first['clip_score']:.4f}" in scores and "face found no" in scores
         assert "loaded the model in" in scores
-        await until(pilot, lambda: screen.query_one("#pg-image", ImageWidget).image is not None, 30)
+        await until(pilot, lambda: screen.query_one("#pg-image", FittedImage).image is not None, 30)
         assert screen.query_one("#pg-progress", ProgressBar).percentage == 1.0
 
         # Enter in the prompt generates again (seed now 1): the pipeline stays loaded.

@@ -218,3 +218,75 @@ def test_score_command_prints_one_json_object(photos: dict[str, Path], discrimin
     assert score.main([*args[4:-3], "--prompt", "a photo of cr7man"]) == 0
     report = capsys.readouterr().out
     assert "face distance" in report and "other-100.png" in report
+
+
+# -- models of the study, and a hub that cannot be reached ------------------------------------------------
+HUB_CLIP = "openai/clip-vit-large-patch14"
+
+
+def _no_hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    """A real hub that cannot be reached at `endpoint`, an empty Hugging Face cache, downloads allowed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "FLUX_TUI_OFFLINE")}
+    return {**env, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf-home"), "TORCH_HOME": str(tmp_path / "torch")}
+
+
+def _score(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    # the timeout is a backstop: an unreachable hub used to take about four minutes of retries to fail
+    return subprocess.run([sys.executable, "-m", "flux_tui.main", "score", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=240)  # fmt: skip
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: connections are refused
+
+
+def _says_how_to_work_offline(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"the CLIP model {HUB_CLIP!r} is not in the local Hugging Face cache" in proc.stderr
+    assert "cannot be reached" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+    assert "--clip-model) to a local folder" in proc.stderr
+    assert "Retrying" not in proc.stderr  # the hub client's retry loop (5 tries per request) never started
+
+
+@pytest.mark.slow
+def test_a_hub_that_does_not_answer_fails_at_once_with_the_offline_advice(
+    photos: dict[str, Path], discriminative_weights: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    # A hub that accepts connections and never answers (a firewall that drops replies): the probe times out.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = _no_hub_env(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        proc = _score([str(photos["images"]), "--reference", str(photos["ref"]), "--clip-model", HUB_CLIP,
+                       "--face-weights", str(discriminative_weights)], tmp_path, env)  # fmt: skip
+    _says_how_to_work_offline(proc)
+
+
+@pytest.mark.slow
+def test_score_inside_a_workspace_uses_the_study_models_unless_flags_say_otherwise(
+    demo_workspace: Path, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_workspace, ws, ignore=shutil.ignore_patterns("runs", ".flux-tui"))
+    env = _no_hub_env(tmp_path, f"http://127.0.0.1:{_closed_port()}")  # the study's models need no hub
+    args = ["photos", "--reference", "photos", "--prompt", "a photo of cr7man", "--json"]
+    proc = _score(args, ws, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert Path(out["models"]["clip"]) == (ws / "models" / "tiny-clip").resolve()
+    assert Path(out["models"]["face_weights"]) == (ws / "weights" / "vggface2-standin.pt").resolve()
+    assert list((ws / ".flux-tui" / "cache" / "face-reference").glob("*.json"))  # the study's cache_dir
+    assert "score: models of experiments.toml" in proc.stderr
+
+    # -f names the study from anywhere; a flag wins over it: here a hub id, and the hub refuses connections
+    photos_dir = str(ws / "photos")
+    proc = _score([photos_dir, "--reference", photos_dir, "--prompt", "a photo", "-f", str(ws / "experiments.toml"),
+                   "--clip-model", HUB_CLIP], tmp_path, env)  # fmt: skip
+    assert f"score: models of {ws / 'experiments.toml'}: CLIP {HUB_CLIP}" in proc.stderr
+    _says_how_to_work_offline(proc)

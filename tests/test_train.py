@@ -180,6 +180,18 @@ def test_a_run_trains_and_leaves_its_folder_complete(base: RunDir) -> None:
     assert all(Path(p).is_file() for e in samples for p in e["paths"])
 
 
+def test_the_log_holds_the_engines_progress_lines_not_library_bars_or_notices(base: RunDir) -> None:
+    """base encoded the photos (and their flips) and prompt itself (the first run on an empty cache), loading
+    pipeline parts through diffusers and transformers: their progress bars and torch_dtype notice stay out."""
+    log = base.train_log.read_text()
+    for line in ("cache: encoding 12 image(s) with the VAE", "step 1/10", "step 10/10", "checkpoint: checkpoint-8",
+                 "samples: 1 image(s) in samples/step_5", "lora: "):  # fmt: skip
+        assert line in log, line
+    for noise in ("Loading weights", "Loading pipeline components", "it/s]", "%|", "\r", "torch_dtype",
+                  "FutureWarning"):  # fmt: skip
+        assert noise not in log, f"{noise!r} in train.log:\n{log}"
+
+
 def test_the_second_run_of_a_sweep_reuses_the_caches(base: RunDir, alpha: RunDir) -> None:
     first = next(base.iter_events("cache"))
     second = next(alpha.iter_events("cache"))

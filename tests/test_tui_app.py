@@ -17,7 +17,7 @@ from flux_tui.tui.screens.detail import ImageScreen, RunDetailScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.screens.help import HelpScreen
 from flux_tui.tui.widgets.gauges import GaugesPanel
-from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
+from flux_tui.tui.widgets.images import FittedImage, ImageWidget, Thumbnail
 from flux_tui.tui.widgets.logpane import LogPane
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import MatrixTable
@@ -241,7 +241,7 @@ async def test_detail_screen_shows_config_timeline_scores_and_image_grid(workspa
         thumbs[1].focus()
         await pilot.press("enter")
         full = await until(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen)
-        await until(pilot, lambda: full.query_one("#full-image", ImageWidget).image is not None)
+        await until(pilot, lambda: full.query_one("#full-image", FittedImage).image is not None)
         assert "smiling" in str(full.query_one("#full-caption", Static).render())
         await pilot.press("right")
         assert full.index == 2
@@ -274,6 +274,7 @@ async def test_help_lists_the_keys_and_q_quits_saying_runs_keep_going(workspace)
     farewell = app.farewell()
     assert "1 run(s) keep going in the background: exp03" in farewell
     assert "1 queued run(s) will start as slots free, with no dashboard open: exp04" in farewell
+    assert "Reopen with: " in farewell and f" {study.file}   (or from a shell: " in farewell
 
 
 async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail(workspace) -> None:

@@ -65,7 +65,8 @@ async def _images_loaded(pilot: Pilot) -> None:
 
 
 def _empty_sample(w: ImageWidget) -> bool:
-    return w.id == "sample-image" and str(w.parent.query_one("#sample-caption").render()) == "no sample yet"
+    pane = w.parent.parent  # the image's FittedImage, then the sample view
+    return w.parent.id == "sample-image" and str(pane.query_one("#sample-caption").render()) == "no sample yet"
 
 
 async def dashboard(pilot: Pilot) -> None:

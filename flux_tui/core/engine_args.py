@@ -47,10 +47,12 @@ def score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", help="a folder of images to score (png, jpg, webp)")
     p.add_argument("--reference", required=True, metavar="REF_DIR", help="photos of the person (the training set)")
     p.add_argument("--prompt", help="the prompt of every image (default: each PNG's own, from its metadata)")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="ID_OR_PATH", help="default: %(default)s")
+    p.add_argument("--clip-model", metavar="ID_OR_PATH",
+                   help=f"default: the study's clip_model inside a workspace, else {DEFAULT_CLIP}")  # fmt: skip
     p.add_argument("--face-weights", metavar="FILE",
-                   help="facenet's 20180402-114759-vggface2.pt (default: the torch hub cache, downloaded once)")  # fmt: skip
-    p.add_argument("--cache-dir", help="cache the reference embedding in this folder")
+                   help="facenet's 20180402-114759-vggface2.pt (default: the study's face_weights inside a "
+                   "workspace, else the torch hub cache, downloaded once)")  # fmt: skip
+    p.add_argument("--cache-dir", help="cache the reference embedding in this folder (default: the study's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")

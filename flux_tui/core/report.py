@@ -14,7 +14,7 @@ from flux_tui.core.metrics import HEADLINE, figures
 from flux_tui.core.results import RunRecord
 
 THUMB = 160
-LINE_H = 14  # pixels per line of text in the contact sheet's head
+LINE_H = 16  # pixels per line of text in the contact sheet (13 px DejaVu Sans)
 
 
 def eval_images(rec: RunRecord) -> dict[str, list[Path]]:
@@ -34,6 +34,31 @@ def eval_images(rec: RunRecord) -> dict[str, list[Path]]:
     return by_prompt
 
 
+def label_font(size: int = 13):
+    """A font with real word spaces at small sizes: matplotlib's DejaVu Sans (Pillow's built-in default
+    draws a space two pixels wide, so "a photo of cr7man" reads "aphotoofcr7man")."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), size)
+    except (OSError, ValueError):
+        return ImageFont.load_default(size)
+
+
+def wrap(text: str, font, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels in `font`, broken at spaces (a longer word stays whole)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if line and font.getlength(candidate) > width:
+            lines.append(line)
+            candidate = word
+        line = candidate
+    return [*lines, line] if line else lines
+
+
 def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) -> Path | None:
     """A grid: one row per prompt, one column per run, each run's scores under its name."""
     from PIL import Image, ImageDraw
@@ -45,6 +70,7 @@ def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) ->
     prompts = prompts[:max_prompts]
     if not prompts:
         return None
+    font = label_font()
     label_w, head_h, pad = 260, LINE_H * (len(HEADLINE) + 1) + 6, 4
     width = label_w + len(records) * (THUMB + pad)
     height = head_h + len(prompts) * (THUMB + pad)
@@ -52,19 +78,13 @@ def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) ->
     draw = ImageDraw.Draw(sheet)
     for j, rec in enumerate(records):
         x = label_w + j * (THUMB + pad)
-        draw.text((x + 2, 4), rec.name[:24], fill="black")
+        draw.text((x + 2, 4), rec.name[:24], fill="black", font=font)
         for i, m in enumerate(HEADLINE, start=1):
-            draw.text((x + 2, 4 + LINE_H * i), figures(rec.score, (m,)), fill="black")
+            draw.text((x + 2, 4 + LINE_H * i), figures(rec.score, (m,)), fill="black", font=font)
     for i, prompt in enumerate(prompts):
         y = head_h + i * (THUMB + pad)
-        words, line, lines = prompt.split(), "", []
-        for w in words:
-            if len(line) + len(w) > 38:
-                lines.append(line)
-                line = ""
-            line = f"{line} {w}".strip()
-        lines.append(line)
-        draw.multiline_text((4, y + 4), "\n".join(lines[:8]), fill="black")
+        lines = wrap(prompt, font, label_w - 12)[: (THUMB - 8) // LINE_H]
+        draw.multiline_text((4, y + 4), "\n".join(lines), fill="black", font=font, spacing=LINE_H - 13)
         for j, rec in enumerate(records):
             paths = images[rec.name].get(prompt)
             if paths:
@@ -74,10 +94,12 @@ def contact_sheet(records: list[RunRecord], out: Path, max_prompts: int = 12) ->
     return out
 
 
-def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
-    """One panel per headline score: the score against the hyperparameter, one line per comparison group."""
-    if not effect.comparisons:
-        return None
+NO_FACE = "no face found in these runs' images:\nno {label} to chart"
+
+
+def effect_figure(effect: analysis.Effect):
+    """The matplotlib figure of `effect_chart`: a panel per headline score; a score no run has (a face score
+    when no face was found anywhere) gets a sentence instead of empty axes with meaningless limits."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +107,15 @@ def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
 
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(5 * len(HEADLINE), 3.6))
     categorical = any(not isinstance(v, int | float) for c in effect.comparisons for v in c.values)
-    for ax, score in zip(axes, (m.key for m in HEADLINE), strict=True):
+    legend = True  # on the first panel with lines only
+    for ax, m in zip(axes, HEADLINE, strict=True):
+        score = m.key
+        if all(y is None for c in effect.comparisons for y in c.scores[score]):
+            ax.set_title(m.label, fontsize=8)
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, NO_FACE.format(label=m.label) if m.needs_face else f"no {m.label} to chart",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=10)  # fmt: skip
+            continue
         for comp in effect.comparisons:
             xs = [str(v) for v in comp.values] if categorical else comp.values
             label = ", ".join(f"{analysis.LABELS.get(k, k)} {v}" for k, v in comp.fixed.items())
@@ -97,8 +127,20 @@ def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
         ax.set_ylabel(analysis.LABELS[score])
         ax.set_title(effect.reading(score), fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        if legend:
+            ax.legend(fontsize=7)
+            legend = False
     fig.tight_layout()
+    return fig
+
+
+def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
+    """One panel per headline score: the score against the hyperparameter, one line per comparison group."""
+    if not effect.comparisons:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig = effect_figure(effect)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from flux_tui.core.console import flux_tui_command
 from flux_tui.core.fsutil import file_mode, follow_umask
 
 DEMO_NOTICE = (
@@ -582,7 +583,7 @@ def build_demo_workspace(root: Path, force: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    _say(f"done in {time.monotonic() - started:.1f} s; open it with: flux-tui {root / 'experiments.toml'}")
+    _say(f"done in {time.monotonic() - started:.1f} s; open it with: {flux_tui_command()} {root / 'experiments.toml'}")
     _say(DEMO_NOTICE)
     return root
 

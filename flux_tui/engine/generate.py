@@ -56,11 +56,12 @@ def _common_config(runs: Sequence[RunDir]) -> dict[str, Any]:
     return configs[0]
 
 
-def _default_out(runs: Sequence[RunDir], label: str, weights: Sequence[float]) -> Path:
-    """<workspace>/merges/<a>+<b>-w0.8,0.7 beside runs/ when the LoRAs come from run folders, else ./merges."""
+def _default_out(runs: Sequence[RunDir], label: str, weights: Sequence[float], fused: bool = False) -> Path:
+    """<workspace>/merges/<a>+<b>-w0.8,0.7 beside runs/ when the LoRAs come from run folders, else ./merges;
+    `-fused` appended for --fuse, so fused images never overwrite the unfused ones of the same call."""
     root = next((Path(r.read_run()["workspace"]) for r in runs if r.exists() and r.read_run().get("workspace")),
                 Path.cwd())  # fmt: skip
-    return root / "merges" / f"{label}-w{','.join(f'{w:g}' for w in weights)}"
+    return root / "merges" / f"{label}-w{','.join(f'{w:g}' for w in weights)}{'-fused' if fused else ''}"
 
 
 def generate_with_loras(args: argparse.Namespace) -> int:
@@ -74,7 +75,7 @@ def generate_with_loras(args: argparse.Namespace) -> int:
         raise GenerateError("no base model: give --base-model (the LoRAs are not in run folders that name one)")
     size = args.resolution or cfg.get("eval_resolution") or cfg.get("resolution") or 1024
     label = "+".join(r or p.parent.name for p, r in loras)
-    out = Path(args.out) if args.out else _default_out(runs, label, weights)
+    out = Path(args.out) if args.out else _default_out(runs, label, weights, args.fuse)
     gen = GenSettings(
         base_model=base,
         width=size,

@@ -60,6 +60,12 @@ def resolve_model(base_model: str, revision: str | None, log: Callable[[str], No
                                       local_files_only=True))  # fmt: skip
     except (LocalEntryNotFoundError, FileNotFoundError):
         pass
+    from flux_tui.engine import hub
+
+    reason = None if hub.offline_mode() else hub.unreachable()
+    if reason:  # fail now: the hub client would retry every request for minutes
+        raise ModelError(f"{base_model} is not in the local Hugging Face cache and the hub ({hub.endpoint()}) "
+                         f"cannot be reached ({reason}); " + hub.offline_advice("base_model"))  # fmt: skip
     log(f"model: downloading {base_model} from the Hugging Face hub (first use; progress below)")
     try:
         folder = snapshot_download(base_model, revision=revision, allow_patterns=PIPELINE_PATTERNS)

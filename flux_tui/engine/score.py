@@ -124,7 +124,7 @@ def resolve_face_weights(path: str | Path | None) -> Path:
     print(f"score: downloading {VGGFACE2_URL} to {cached} (once)", flush=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
     old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # a firewalled server should fail in seconds, not hang
+    socket.setdefaulttimeout(10)  # a firewalled server should fail in seconds, not hang
     try:
         torch.hub.download_url_to_file(VGGFACE2_URL, str(cached), progress=True)
     except Exception as exc:
@@ -192,11 +192,16 @@ class ClipScorer:
     def __init__(self, model: str = DEFAULT_CLIP, device: str | None = None):
         from transformers import CLIPModel, CLIPProcessor
 
+        from flux_tui.engine import hub
+
         self.model_id = model
         self.device = choose(device)
         try:
-            self.processor = CLIPProcessor.from_pretrained(model)
-            self.model = CLIPModel.from_pretrained(model).eval().to(self.device)
+            local = hub.local_files_only(model, "the CLIP model", "clip_model in experiments.toml (or --clip-model)")
+            self.processor = CLIPProcessor.from_pretrained(model, local_files_only=local)
+            self.model = CLIPModel.from_pretrained(model, local_files_only=local).eval().to(self.device)
+        except hub.HubUnreachable as exc:
+            raise ScoreError(str(exc)) from None
         except OSError as exc:
             raise ScoreError(
                 f"cannot load the CLIP model {model!r} ({str(exc).splitlines()[0]}); where there is no "
@@ -460,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ScoreError(f"{len(missing)} image(s) carry no prompt in their metadata ({', '.join(missing[:5])}"
                              f"{', ...' if len(missing) > 5 else ''}); pass --prompt TEXT")  # fmt: skip
-        result = score_paths(images, reference_dir=Path(args.reference), prompts=prompts, clip_model=args.clip_model,
+        result = score_paths(images, reference_dir=Path(args.reference), prompts=prompts, clip_model=args.clip_model or DEFAULT_CLIP,
                              face_weights=args.face_weights, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                              device=args.device)  # fmt: skip
     except ScoreError as exc:

@@ -22,6 +22,7 @@ from textual.screen import Screen
 
 from flux_tui.core import reset
 from flux_tui.core.config import Study
+from flux_tui.core.console import reopen_line
 from flux_tui.core.runs import QUEUED, RUNNING, run_dir
 from flux_tui.core.scheduler import Outcome, Scheduler
 from flux_tui.core.studyfile import StudyFile
@@ -260,7 +261,7 @@ class FluxApp(App[int]):
             )
         if not lines:
             lines.append("flux-tui: no run is running.")
-        lines.append(f"Reopen with: flux-tui {self.study.file}   (or from a shell: flux-tui status -f {self.study.file})")
+        lines.append(reopen_line(self.study.file))  # flux-tui itself, or its path where it is not on PATH
         return "\n".join(lines)
 
 

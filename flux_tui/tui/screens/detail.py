@@ -33,7 +33,7 @@ from flux_tui.tui.runview import (
     samples_on_disk,
 )
 from flux_tui.tui.screens.base import StudyScreen
-from flux_tui.tui.widgets.images import FULL_PX, ImageWidget, Thumbnail, load_thumbnail, png_text
+from flux_tui.tui.widgets.images import FULL_PX, FittedImage, Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.widgets.keybar import KeyBar
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import state_text
@@ -169,7 +169,7 @@ class ImageScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield ImageWidget(None, id="full-image")
+            yield FittedImage(id="full-image")
             yield Static(id="full-caption")
 
     def on_mount(self) -> None:
@@ -191,7 +191,7 @@ class ImageScreen(ModalScreen[None]):
         self.app.call_from_thread(self._set, image, caption, meta)
 
     def _set(self, image: PILImage.Image | None, caption: str, meta: dict[str, str]) -> None:
-        self.query_one("#full-image", ImageWidget).image = image
+        self.query_one("#full-image", FittedImage).image = image
         text = Text(caption or "", style="bold")
         extra = "  ".join(f"{k}: {v}" for k, v in meta.items() if k != "prompt" and len(v) < 80)
         if extra:

@@ -27,7 +27,7 @@ from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
 from flux_tui.core.runs import RunDir
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import StudyScreen
-from flux_tui.tui.widgets.images import ImageWidget, load_thumbnail
+from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
 from flux_tui.tui.widgets.keybar import KeyBar
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
@@ -169,7 +169,7 @@ class PlaygroundScreen(StudyScreen):
                 yield Static("starting the generation process…", id="pg-phase")
                 # A set total from the start: an indeterminate bar animates (and costs CPU) while idle.
                 yield ProgressBar(total=1, id="pg-progress", show_eta=False)
-                yield ImageWidget(None, id="pg-image")
+                yield FittedImage(id="pg-image")
                 yield Static(id="pg-scores")
                 yield DataTable(id="pg-history", cursor_type="row")
         yield KeyBar()
@@ -281,7 +281,7 @@ class PlaygroundScreen(StudyScreen):
         self.app.call_from_thread(self._set_image, image)
 
     def _set_image(self, image: PILImage.Image | None) -> None:
-        self.query_one("#pg-image", ImageWidget).image = image
+        self.query_one("#pg-image", FittedImage).image = image
 
     # -- actions
     def _value(self, id: str) -> str:

@@ -5,6 +5,9 @@ textual-image picks its renderer when it is imported (it asks the terminal); whe
 it falls back to grey unicode shading, which hides what a face looks like, so that case uses half cells too.
 Images are decoded and shrunk in a worker thread (`load_thumbnail`) before a widget gets them: a 1024 px
 PNG scaled on every repaint would stall the event loop.
+
+A terminal cell is about twice as tall as it is wide, so an image given a pane's cells stretches; a pane
+that shows one image holds a `FittedImage`, which sizes the image to the pane at its own aspect ratio.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import textual_image.widget as _widgets
 from PIL import Image as PILImage
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Container, Vertical
+from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Label
+from textual_image._terminal import get_cell_size  # cached cell size in pixels; no public name for it
 
 if _renderables.Image is _renderables.UnicodeImage:
     ImageWidget: type = _widgets.HalfcellImage
@@ -56,6 +61,64 @@ def png_text(path: Path) -> dict[str, str]:
             return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
     except (OSError, ValueError):
         return {}
+
+
+def fit_cells(image_px: tuple[int, int], pane: tuple[int, int], cell_px: tuple[int, int]) -> tuple[int, int]:
+    """The largest (columns, rows) inside `pane` cells showing an `image_px` image undistorted, given the
+    pixel size of one terminal cell; (0, 0) for an empty image or pane."""
+    (iw, ih), (pw, ph), (cw, ch) = image_px, pane, cell_px
+    if min(iw, ih, pw, ph, cw, ch) <= 0:
+        return 0, 0
+    scale = min(pw * cw / iw, ph * ch / ih)  # screen pixels per image pixel
+    return max(1, min(pw, round(iw * scale / cw))), max(1, min(ph, round(ih * scale / ch)))
+
+
+class FittedImage(Container):
+    """One image as large as the pane allows at its own aspect ratio, centred in the pane.
+
+    The pane takes its size from CSS (1fr by default); the image inside gets that many cells as the terminal's
+    cell shape (textual-image asks the terminal once; 10x20 px where it cannot) keeps undistorted.
+    """
+
+    DEFAULT_CSS = """
+    FittedImage { width: 1fr; height: 1fr; align: center middle; }
+    FittedImage > .fitted-image { width: 0; height: 0; }
+    """
+
+    def __init__(self, image: PILImage.Image | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._image = image
+
+    def compose(self) -> ComposeResult:
+        yield ImageWidget(self._image, classes="fitted-image")
+
+    @property
+    def image(self) -> PILImage.Image | None:
+        return self._image
+
+    @image.setter
+    def image(self, value: PILImage.Image | None) -> None:
+        self._image = value
+        if self.is_mounted:
+            self._fit()
+            self.query_one(ImageWidget).image = value
+
+    def on_mount(self) -> None:
+        self._fit()
+
+    def on_resize(self, _event: Resize) -> None:
+        self._fit()
+
+    def cells(self) -> tuple[int, int]:
+        """(columns, rows) the image takes in the pane as it is now."""
+        size = (self._image.width, self._image.height) if self._image is not None else (0, 0)
+        cell = get_cell_size()
+        return fit_cells(size, (self.content_size.width, self.content_size.height), (cell.width, cell.height))
+
+    def _fit(self) -> None:
+        width, height = self.cells()
+        inner = self.query_one(ImageWidget)
+        inner.styles.width, inner.styles.height = width, height
 
 
 class Thumbnail(Vertical, can_focus=True):

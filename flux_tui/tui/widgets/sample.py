@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label
 
-from flux_tui.tui.widgets.images import ImageWidget, load_thumbnail
+from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
 
 
 class SampleView(Vertical):
@@ -26,7 +26,7 @@ class SampleView(Vertical):
         self.path: Path | None = None
 
     def compose(self) -> ComposeResult:
-        yield ImageWidget(None, id="sample-image")
+        yield FittedImage(id="sample-image")
         yield Label("no sample yet", id="sample-caption", markup=False)
 
     def show(self, path: Path | None, caption: str) -> None:
@@ -35,7 +35,7 @@ class SampleView(Vertical):
         self.path = path
         self.query_one("#sample-caption", Label).update(caption if path else "no sample yet")
         if path is None:
-            self.query_one("#sample-image", ImageWidget).image = None
+            self.query_one("#sample-image", FittedImage).image = None
         else:
             self._load(path)
 
@@ -46,4 +46,4 @@ class SampleView(Vertical):
 
     def _set(self, path: Path, image: PILImage.Image | None) -> None:
         if path == self.path:
-            self.query_one("#sample-image", ImageWidget).image = image
+            self.query_one("#sample-image", FittedImage).image = image
