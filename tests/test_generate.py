@@ -224,7 +224,7 @@ def test_generate_command_merges_two_runs_and_scores_against_one(study: config.S
     assert proc.returncode == 0, proc.stderr[-3000:]
     fused = study.workspace.root / "merges" / "exp01+exp02-w0.8,0.7-fused"
     assert [p.name for p in fused.glob("*.png")] == ["p01-g3.5-s0.png"] and str(fused) in proc.stdout
-    assert gen.read_metadata(fused / "p01-g3.5-s0.png")["fused"] is True
+    assert imagemeta.read_metadata(fused / "p01-g3.5-s0.png")["fused"] is True
     assert {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))} == before
 
 
