@@ -315,7 +315,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     started = set(scheduler.tick())
     for o in outcomes:
         st = scheduler.run(o.name).status()
-        if o.ok and o.name in started:
+        if o.ok and o.name in started and st.job_id:
+            print(f"{o.name} submitted to Slurm as job {st.job_id}")
+        elif o.ok and o.name in started:
             print(f"{o.name} started on {st.device} (pid {st.pid})")
         elif o.ok:
             print(f"{o.message}: waits for a free slot" if st.state == "queued" else f"{o.name}: {st.state}")

@@ -9,11 +9,12 @@ or checking a run goes to the right one; nothing above the scheduler ever asks w
     submit(run, slot, study)  start the run there (or hand it to the batch system, with the study's
                         settings as the file says now); when it returns, status.json says who owns the run
     cancel(run, status) SIGTERM (it checkpoints, ends `cancelled`) or SIGKILL; a batch job: scancel
-    poll(run, status)   fold what only the executor knows into the status (written to the folder)
+    poll(run, status)   fold what only the executor knows into the status (written to the folder);
+                        poll_many does it for several runs at once (one question to a batch system)
     busy / free_slot    how full it is, and where the next run goes under the study's limits (None: wait)
 
-The local executor (`local_executor.py`) is the first implementation: each run a supervisor process in its
-own session, placed on the GPUs of this machine.
+The local executor (`local_executor.py`): each run a supervisor process in its own session, placed on the
+GPUs of this machine. The Slurm executor (`slurm_executor.py`): each run one batch job.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from flux_tui.core.runs import RunDir, Status
 if TYPE_CHECKING:  # the engine imports launch, which imports this: keep NVML out of its processes
     from flux_tui.core.telemetry import GpuStat
 
-LOCAL = "local"
+LOCAL, SLURM = "local", "slurm"
 GpusFn = Callable[[], Sequence["GpuStat"]]
 
 
@@ -41,6 +42,11 @@ class Outcome:
     ok: bool
     message: str
     name: str = ""
+
+
+class Unavailable(Exception):
+    """The executor cannot take runs now (its batch system does not answer, its commands are missing): the
+    queued runs wait, saying why, and nothing is marked failed."""
 
 
 class Executor(ABC):
@@ -59,7 +65,8 @@ class Executor(ABC):
     def submit(self, run: RunDir, slot: str, study: Study) -> None:
         """Start the run on `slot`, with `study` as the file says now. When this returns, status.json names
         the run's owner (a pid, a job id). Raises launch.AlreadyRunning (someone owns the run),
-        runs.LaunchError or OSError."""
+        runs.LaunchError (this run cannot start: it is marked failed with the message), Unavailable (no run
+        can start now: the queue waits) or OSError."""
 
     @abstractmethod
     def cancel(self, run: RunDir, status: Status, *, kill: bool = False) -> Outcome:
@@ -70,12 +77,17 @@ class Executor(ABC):
     def poll(self, run: RunDir, status: Status) -> Status:
         """The run's status with what only the executor knows folded in (and written to the folder)."""
 
+    def poll_many(self, items: Sequence[tuple[RunDir, Status]]) -> list[Status]:
+        """`poll` for several runs, in their order (a batch system answers for all of them at once)."""
+        return [self.poll(run, status) for run, status in items]
+
 
 def executors(gpus: GpusFn) -> dict[str, Executor]:
     """Every executor this build knows, by the name status.json records."""
     from flux_tui.core.local_executor import LocalExecutor
+    from flux_tui.core.slurm_executor import SlurmExecutor
 
-    return {LOCAL: LocalExecutor(gpus)}
+    return {LOCAL: LocalExecutor(gpus), SLURM: SlurmExecutor()}
 
 
 def name_for_new_runs(workspace: Workspace) -> str:

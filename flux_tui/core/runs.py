@@ -64,6 +64,12 @@ class Status:
     queued_from: str | None = None  # the state it had when queued: taking it off the queue goes back to it
     # The last standalone evaluation: {state, stage, pid, started_at, finished_at, device, exit_code, message}.
     evaluation: dict[str, Any] | None = None
+    # A batch job's side (Slurm): what the batch system last said of `job_id` (PENDING, RUNNING, FAILED, ...)
+    # and why (Resources, PartitionDown, ...), and how far the run was when the job was submitted (the newest
+    # checkpoint's step), so a run that its time limit stopped is resubmitted only while it gets further.
+    job_state: str | None = None
+    job_reason: str | None = None
+    job_from_step: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Status:
@@ -192,6 +198,9 @@ class RunDir:
 
     def mark_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
         pid = pid or os.getpid()
+        # A stop asked of a batch job before its trainer started must stay (submitting the job cleared any
+        # older one); a local launch clears it before the trainer starts.
+        keep_stop = {} if self.status().job_id else {"stop_signal": None}
         return self.write_status(
             state=RUNNING,
             stage=stage,
@@ -205,8 +214,8 @@ class RunDir:
             message="",
             log_tail=[],
             device=device,
-            stop_signal=None,
             evaluation=None,  # a new training: an earlier standalone evaluation no longer describes it
+            **keep_stop,
         )
 
     def has_training_record(self, status: Status) -> bool:
@@ -262,8 +271,8 @@ class RunDir:
 
     def is_process_alive(self, status: Status | None = None) -> bool:
         status = status or self.status()
-        if status.host and status.host != socket.gethostname():
-            return True  # another machine's process: we cannot tell, so we do not touch it
+        if status.host and status.host != socket.gethostname() or status.job_id:
+            return True  # another machine's process or a batch job's: we cannot tell, so we do not touch it
         return procs.is_alive(status.pid, status.process_start)
 
     def is_owned(self) -> bool:

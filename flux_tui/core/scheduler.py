@@ -71,13 +71,15 @@ class Scheduler:
     def reconcile(self) -> dict[str, Status]:
         """Every run's status, with what its executor knows folded in (a run whose process vanished is
         failed)."""
-        out = {}
+        out: dict[str, Status] = {}
+        asks: dict[str, list[tuple[RunDir, Status]]] = {}  # per executor, so a batch system is asked once
         for run in self.folders():
-            st = run.status()
-            ex = self.executor_of(st)
-            if st.state == RUNNING or st.job_id:
-                st = ex.poll(run, st) if ex is not None else st
-            out[run.name] = st
+            st = out[run.name] = run.status()
+            if (st.state == RUNNING or st.job_id) and self.executor_of(st) is not None:
+                asks.setdefault(executor.name_of(st), []).append((run, st))
+        for name, items in asks.items():
+            for (run, _), st in zip(items, self.executors[name].poll_many(items), strict=True):
+                out[run.name] = st
         return out
 
     def queue(self, statuses: dict[str, Status] | None = None) -> list[str]:
@@ -123,6 +125,7 @@ class Scheduler:
         run.write_status(
             state=QUEUED, stage=None, queued_at=at if at is not None else time.time(), pid=None, pgid=None,
             process_start=None, finished_at=None, exit_code=None, log_tail=[], job_id=None, stop_signal=None,
+            job_state=None, job_reason=None,
             queued_from=st.queued_from if st.state == QUEUED else st.state,
             message=f"will resume from {ckpt.name}" if ckpt else "waiting for a free slot",
         )  # fmt: skip
@@ -142,6 +145,9 @@ class Scheduler:
         if name in self.tick():
             st = self.run(name).status()
             ckpt = self.run(name).latest_checkpoint()
+            if st.job_id:
+                how = f", to resume from {ckpt.name}" if ckpt else ""
+                return Outcome(True, f"{name} submitted to Slurm as job {st.job_id}{how}", name)
             how = f"resumed from {ckpt.name}" if ckpt else "started"
             return Outcome(True, f"{name} {how} on {st.device or 'cpu'} (pid {st.pid})", name)
         st = self.run(name).status()
@@ -168,12 +174,17 @@ class Scheduler:
                 return started
             busy = ex.busy(statuses)
             studies = {Path(study.file).resolve(): study}
-            for name in order:
+            for i, name in enumerate(order):
                 slot = ex.free_slot(busy, study)
                 if slot is None:
                     break
                 own = self._study_of(name, studies)
-                if own is not None and self._launch(own, ex, name, slot):
+                try:
+                    launched = own is not None and self._launch(own, ex, name, slot)
+                except executor.Unavailable as exc:
+                    self._hold(order[i:], f"waiting: {exc}")
+                    break
+                if launched:
                     busy[slot] += 1
                     started.append(name)
         return started

@@ -2,15 +2,17 @@
 (which run to submit, when to resubmit): that is the executor's. Refusals raise SlurmError in Slurm's words.
 
 What Slurm 22.05 does, measured on the one-node cluster of scripts/local-slurm.sh (tests/test_slurm.py):
-- `--signal=B:TERM@N` signals the batch shell only, so the script `exec`s the trainer: it *is* the batch
-  shell. The controller checks time limits about every 30 s and sends the signal at the first check less
-  than N + ~60 s before the limit, so it comes N to N + 60 s early (with `--time=1`, at once). The trainer
-  checkpoints and exits 143: the job ends FAILED, exit code 143. Had it not ended by the limit: TIMEOUT.
-- `scancel --signal=TERM --full` (what `cancel` sends) reaches the trainer the same way and ends the same
+- `--signal=B:TERM@N` signals the batch shell only, so the script's shell traps TERM and passes it to the
+  trainer, its child (it does not `exec` the trainer: after it, the shell runs the queue step,
+  `core/slurm_tick.py`). The controller checks time limits about every 30 s and sends the signal at the
+  first check less than N + ~60 s before the limit, so it comes N to N + 60 s early (with `--time=1`, at
+  once). The trainer checkpoints and exits 143: the job ends FAILED, exit code 143. Had it not ended by the
+  limit: TIMEOUT.
+- `scancel --signal=TERM --batch` (what `cancel` sends) reaches the trainer the same way and ends the same
   way (FAILED, 143); plain `scancel` (`cancel(kill=True)`, or an admin's scancel) sends TERM to every
-  process and KILL after the cluster's KillWait: the job ends CANCELLED. `scancel --signal=KILL` is the
-  same as plain scancel. So Slurm cannot tell a time-limit stop from a user's: whoever stops a run must
-  remember that it did.
+  process and KILL after the cluster's KillWait: the job ends CANCELLED (while the batch shell still runs,
+  `squeue` already says COMPLETING for it). `scancel --signal=KILL` is the same as plain scancel. So Slurm
+  cannot tell a time-limit stop from a user's: whoever stops a run must remember that it did.
 - A time limit never requeues a job (TIMEOUT is final); `--requeue` only covers node failure and
   preemption. `scontrol requeue JOB` works from inside the job, but the job then waits AuthInfo's
   cred_expire (120 s by default) before it may start again; a new `sbatch` starts at once.
@@ -20,11 +22,12 @@ What Slurm 22.05 does, measured on the one-node cluster of scripts/local-slurm.s
 """
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,10 @@ class SlurmError(Exception):
 
 class SlurmMissing(SlurmError):
     """A Slurm command is not installed here."""
+
+
+class SlurmRefused(SlurmError):
+    """Slurm answered and refused the job (an unknown partition or account, a limit it cannot meet)."""
 
 
 def available() -> bool:
@@ -103,6 +110,7 @@ def batch_script(
     """The text of the run's batch script. `python` (default: this interpreter) must exist on the nodes."""
     python = python or sys.executable
     trainer = shlex.join([python, "-u", "-m", "flux_tui.engine.train", str(run.path)])
+    tick = shlex.join([sys.executable, "-u", "-m", "flux_tui.core.slurm_tick", str(run.path)])
     lines = [
         "#!/bin/bash",
         f"# flux-tui run {run.name!r} as one Slurm batch job, written by flux-tui.",
@@ -116,9 +124,20 @@ def batch_script(
     if slurm.setup_lines:
         lines += ["# [slurm] setup", *slurm.setup_lines, "# end of setup"]
     lines += [
-        "# exec: the trainer replaces this shell, so the TERM that Slurm sends the batch shell before the",
-        "# time limit (--signal=B:TERM) and flux-tui's stop (scancel --signal=TERM --full) reach Python.",
-        f"exec {trainer}",
+        "set +e  # from here on, however the trainer ends, the queue step below runs",
+        "# The trainer is this shell's child. The TERM that Slurm sends before the time limit",
+        "# (--signal=B:TERM) and flux-tui's stop (scancel --signal=TERM --batch) reach only this shell,",
+        "# which passes them on: the trainer saves a checkpoint and ends `cancelled`.",
+        f"{trainer} &",
+        "trainer=$!",
+        "trap 'kill -TERM \"$trainer\" 2>/dev/null' TERM",
+        "trap 'kill -INT \"$trainer\" 2>/dev/null' INT",
+        'wait "$trainer"; code=$?',
+        'while [ "$code" -gt 128 ] && kill -0 "$trainer" 2>/dev/null; do wait "$trainer"; code=$?; done',
+        "# No torch: record how the trainer ended if it could not, resubmit the run if its time limit",
+        "# stopped it, and submit the sweep's next queued runs (the queue advances with nobody logged in).",
+        f'{tick} --pid "$trainer" --exit-code "$code" || true',
+        'exit "$code"',
         "",
     ]
     return "\n".join(lines)
@@ -135,14 +154,17 @@ def write_batch_script(
 # -- commands -------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    if shutil.which(cmd[0]) is None:
+def _run(
+    cmd: list[str], timeout: float = COMMAND_TIMEOUT_S, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    if shutil.which(cmd[0], path=(env or os.environ).get("PATH")) is None:
         raise SlurmMissing(
             f"{cmd[0]} is not on PATH: Slurm's commands are needed here (run flux-tui on a login node of the "
             "cluster, or load Slurm first, e.g. `module load slurm`)"
         )
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=None if env is None else dict(env))  # fmt: skip
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{cmd[0]} did not answer in {timeout:.0f} s: is the Slurm controller up?") from None
 
@@ -159,14 +181,18 @@ def _slurm_words(stderr: str, command: str) -> str:
     return "; ".join(words) or f"{command} failed without saying why"
 
 
-def submit(script: Path) -> str:
-    """`sbatch --parsable SCRIPT`; returns the job id. Raises SlurmError('Slurm refused the job: ...')."""
-    proc = _run(["sbatch", "--parsable", str(script)])
+def submit(script: Path, *, options: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:
+    """`sbatch --parsable [OPTIONS] SCRIPT`; returns the job id. Raises SlurmError('Slurm refused the job:
+    ...'), or SlurmError('sbatch failed: ...') when the controller does not answer. `env`: sbatch's
+    environment (which the job inherits), default ours."""
+    proc = _run(["sbatch", "--parsable", *options, str(script)], env=env)
     first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
     job_id = first.split(";")[0].strip()  # "<id>" or "<id>;<cluster>"
     if proc.returncode != 0 or not job_id.isdigit():
         words = _slurm_words(proc.stderr, "sbatch")
-        raise SlurmError(f"{'sbatch failed' if _unreachable(words) else 'Slurm refused the job'}: {words}")
+        if _unreachable(words):
+            raise SlurmError(f"sbatch failed: {words}")
+        raise SlurmRefused(f"Slurm refused the job: {words}")
     return job_id
 
 
@@ -304,7 +330,7 @@ def cancel(job_id: str, *, kill: bool = False) -> bool:
     if not info.known or info.ended:
         return False
     if not kill and not info.pending:
-        proc = _run(["scancel", "--signal=TERM", "--full", job_id])
+        proc = _run(["scancel", "--signal=TERM", "--batch", job_id])
         if proc.returncode == 0:
             return True
         # It may have ended, or gone back to pending (requeued), since we looked.

@@ -35,6 +35,7 @@ def _row(rec: RunRecord, st: Status, queue_position: int | None) -> dict[str, An
         "step": rec.timings.get("step"),
         "total_steps": rec.timings.get("total_steps") or rec.hp("max_train_steps"),
         "device": st.device if owned else None,
+        "node": st.host if owned and st.job_id else None,  # a batch job's compute node
         "executor": st.executor,
         "pid": st.pid if st.state == RUNNING else None,
         "job_id": st.job_id,
@@ -61,10 +62,11 @@ def _cell(row: dict[str, Any]) -> list[str]:
         state += f" #{row['queue_position']}"
     step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
     owner = f"job {row['job_id']}" if row["job_id"] else (f"pid {row['pid']}" if row["pid"] else "")
+    device = ":".join(d for d in (row["node"], row["device"]) if d)  # node7:cuda:0 for a batch job
     scored = any(row[key] is not None for key in SCORE_KEYS)
     scores = [m.format(row[m.key], missing=NO_FACE if scored and m.needs_face else "") for m in HEADLINE]
     note = row["message"] if len(row["message"]) <= NOTE_WIDTH else row["message"][: NOTE_WIDTH - 1] + "…"
-    return [str(row["number"] or ""), row["name"], state, step, row["device"] or "", owner, *scores, note]
+    return [str(row["number"] or ""), row["name"], state, step, device, owner, *scores, note]
 
 
 def to_text(table: list[dict[str, Any]]) -> str:

@@ -25,12 +25,15 @@ MAX_LOSS_POINTS = 20_000  # a 1500-step run is far below; bounds memory for very
 
 @dataclass(frozen=True)
 class RunGpu:
-    """A running run as the gauges show it: its pid, its device and the GPU memory its processes hold."""
+    """A running run as the gauges show it: its pid, its device and the GPU memory its processes hold; a
+    batch job's run (on a compute node) its job, node and the peak GPU memory its own step events report."""
 
     name: str
     pid: int | None
     device: str | None
     gpu_mem: int = 0
+    job_id: str | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True)

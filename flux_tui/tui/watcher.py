@@ -193,6 +193,9 @@ class Watcher(threading.Thread):
         runs = []
         for name, t in self.trackers.items():
             st = t.view.status
+            if st.state == RUNNING and st.job_id:  # on a compute node: what its own events say
+                runs.append(RunGpu(name, None, st.device, t.view.mem_peak or 0, st.job_id, st.host))
+                continue
             if st.state != RUNNING or not st.pid:
                 continue
             mem = sample.gpu_mem_of(process_tree(st.pid)) if sample.gpus else 0

@@ -1,5 +1,7 @@
 """Machine gauges: memory, utilisation and temperature of each GPU (pynvml), each run's GPU memory by pid,
-host CPU and RAM (psutil). Without an NVIDIA GPU the panel says so; the rest of the dashboard is unaffected."""
+host CPU and RAM (psutil). Without an NVIDIA GPU the panel says so; the rest of the dashboard is unaffected.
+With Slurm runs (a login node has no GPU) it says the runs are on the cluster, with each running job's node
+and the peak GPU memory from the run's own step events."""
 
 from __future__ import annotations
 
@@ -43,13 +45,19 @@ def _host_line(sample: Sample, narrow: bool) -> Text:
     return out + Text(f" {gib(h.ram_used)}/{gib(h.ram_total)} GiB")
 
 
-def render_gauges(sample: Sample | None, runs: list[RunGpu], width: int = 160) -> Text:
-    """The panel's lines for a pane `width` columns wide; each line is cut, never wrapped."""
+def render_gauges(sample: Sample | None, runs: list[RunGpu], width: int = 160, cluster: bool = False) -> Text:
+    """The panel's lines for a pane `width` columns wide; each line is cut, never wrapped. `cluster`: the
+    runs go to Slurm, so this machine's GPUs (a login node has none) are not theirs."""
     if sample is None:
         return Text("reading the machine…", style="dim")
     narrow = width < NARROW
-    lines = [_gpu_line(g, runs, narrow) for g in sample.gpus]
-    if not sample.gpus:
+    jobs = [r for r in runs if r.job_id]
+    runs = [r for r in runs if not r.job_id]
+    lines = [cluster_line(jobs)] if cluster or jobs else []
+    lines += [_gpu_line(g, runs, narrow) for g in sample.gpus]
+    if not sample.gpus and (cluster or jobs):
+        lines.append(Text("No NVIDIA GPU on this machine", style="dim"))
+    elif not sample.gpus:
         lines.append(Text("No NVIDIA GPU", style="bold yellow") + Text(
             f" ({sample.gpu_error or 'none found'}); runs train on the CPU", style="yellow"))  # fmt: skip
     host = _host_line(sample, narrow)
@@ -68,6 +76,19 @@ def render_gauges(sample: Sample | None, runs: list[RunGpu], width: int = 160) -
     return Text("\n").join(lines)
 
 
+def cluster_line(jobs: list[RunGpu]) -> Text:
+    """The runs on the cluster: each running job's node and the peak GPU memory its step events report."""
+    line = Text("Slurm ", style="bold") + Text("the runs train on the cluster", style="cyan")
+    if not jobs:
+        return line + Text("; none is running now", style="dim")
+    parts = []
+    for r in jobs:
+        where = f" on {r.node}" + (f" {r.device}" if r.device and r.device != "cpu" else "") if r.node else ""
+        mem = f", peak {gib(r.gpu_mem)} GiB" if r.gpu_mem else ""
+        parts.append(f"{r.name} (job {r.job_id}{where}{mem})")
+    return line + Text(": " + ", ".join(parts), style="cyan")
+
+
 class GaugesPanel(Static):
     DEFAULT_CSS = """
     GaugesPanel { height: auto; max-height: 8; padding: 0 1; border: round $panel; border-title-color: $text-muted; }
@@ -80,7 +101,12 @@ class GaugesPanel(Static):
 
     def show(self, sample: Sample | None, runs: list[RunGpu]) -> None:
         self._last = (sample, runs)
-        self.update(render_gauges(sample, runs, self.size.width or 160))
+        self.update(render_gauges(sample, runs, self.size.width or 160, self._cluster()))
 
     def on_resize(self) -> None:
-        self.update(render_gauges(*self._last, self.size.width or 160))
+        self.update(render_gauges(*self._last, self.size.width or 160, self._cluster()))
+
+    def _cluster(self) -> bool:
+        """The study's runs go to Slurm (the app's study file says so)."""
+        study = getattr(self.app, "study", None)
+        return getattr(getattr(study, "workspace", None), "executor", None) == "slurm"

@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 
 from flux_tui.core.config import Experiment, Study
 from flux_tui.core.metrics import CLIP_SCORE, HEADLINE, NO_FACE, Metric
-from flux_tui.core.runs import RUNNING, Status
+from flux_tui.core.runs import QUEUED, RUNNING, Status
 from flux_tui.tui.format import duration
 from flux_tui.tui.runview import RunView
 
@@ -32,10 +32,18 @@ STATE_STYLE = {
 BEST_STYLE = "bold green"
 
 
+def state_label(status: Status) -> str:
+    """The state as the matrix shows it; a run waiting in Slurm's queue shows squeue's `PD` and the reason
+    (`PD Resources`, `PD PartitionDown`), its job id being in the step column."""
+    if status.state == QUEUED and status.job_id and status.job_state in (None, "PENDING"):
+        return f"PD {status.job_reason}" if status.job_reason else "PENDING"
+    return status.label
+
+
 def state_text(status: Status, stale: str | None = None) -> Text:
     if stale and status.state != RUNNING:
         return Text(f"{status.state} (stale)", style=STATE_STYLE["stale"])
-    return Text(status.label, style=STATE_STYLE.get(status.state, ""))
+    return Text(state_label(status), style=STATE_STYLE.get(status.state, ""))
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,9 @@ def score_column(m: Metric) -> Column:
 
 
 def _progress(_: Experiment, v: RunView) -> str:
-    if v.queue_pos is not None and v.state == "queued":
+    if v.status.job_id and (v.state == QUEUED or v.state == RUNNING and v.step is None):
+        return f"job {v.status.job_id}"  # a batch job not training yet
+    if v.queue_pos is not None and v.state == QUEUED:
         return f"queue #{v.queue_pos}"
     if v.step is None:
         return ""
@@ -87,7 +97,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("alpha", "alpha", 5, lambda e, v: e.settings.alpha, lambda e, v: str(e.settings.alpha)),
     Column("steps", "steps", 5, lambda e, v: e.settings.max_train_steps, lambda e, v: str(e.settings.max_train_steps)),
     Column("scheduler", "sched", 8, lambda e, v: e.settings.lr_scheduler, lambda e, v: e.settings.lr_scheduler),
-    Column("state", "state", 16, lambda e, v: v.status.label, lambda e, v: state_text(v.status, v.stale), dynamic=True),
+    Column("state", "state", 16, lambda e, v: state_label(v.status), lambda e, v: state_text(v.status, v.stale), dynamic=True),
     Column("progress", "step", 9, lambda e, v: (v.step or 0) / (v.total or 1), _progress, dynamic=True),
     Column("loss", "loss", 7, lambda e, v: v.loss, lambda e, v: _num(v.loss, ".4f"), dynamic=True),
     Column("sec_per_step", "s/step", 6, lambda e, v: v.sec_per_step, lambda e, v: _num(v.sec_per_step, ".2f"), dynamic=True),
