@@ -313,21 +313,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     outcomes = scheduler.queue_all() if args.all else scheduler.enqueue(args.names)
     started = set(scheduler.tick())
+    refused = []
     for o in outcomes:
         st = scheduler.run(o.name).status()
         if o.ok and o.name in started and st.job_id:
             print(f"{o.name} submitted to Slurm as job {st.job_id}")
         elif o.ok and o.name in started:
             print(f"{o.name} started on {st.device} (pid {st.pid})")
+        elif o.ok and st.state == "queued":
+            print(f"{o.message}: {st.message if st.message.startswith('waiting:') else 'waits for a free slot'}")
+        elif o.ok and st.state == "failed":  # could not start: Slurm refused the job, a missing data folder
+            refused.append(o.name)
+            print(f"{o.name} failed to start: {st.message}", file=sys.stderr)
         elif o.ok:
-            print(f"{o.message}: waits for a free slot" if st.state == "queued" else f"{o.name}: {st.state}")
+            print(f"{o.name}: {st.state}")
         else:
             print(f"not queued: {o.message}", file=sys.stderr)
     if not outcomes:
         print("nothing to queue: every run is done, running or queued")
     print(f"runs in {scheduler.runs_dir} (logs: <name>/train.log); follow with `flux-tui status -f {args.file}`"
           " or the dashboard")  # fmt: skip
-    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAIL
+    return EXIT_OK if all(o.ok for o in outcomes) and not refused else EXIT_FAIL
 
 
 def _status_args(p: argparse.ArgumentParser) -> None:

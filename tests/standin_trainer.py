@@ -3,6 +3,8 @@ protocol (status, step events, SIGTERM/SIGINT/SIGHUP -> cancelled) in a second i
 
     python tests/standin_trainer.py RUN_DIR      STANDIN_STEPS (default 20), STANDIN_SLEEP (default 0.05)
 
+A stop saves `checkpoints/checkpoint-<steps done>/` (an empty folder) unless STANDIN_NO_CHECKPOINT is set.
+
 It records its environment's CUDA_VISIBLE_DEVICES and appends its run name to $STANDIN_LAUNCHES (if set),
 so a test can see where a run went and how often it was started."""
 
@@ -38,7 +40,9 @@ def main() -> int:
     start = len(list(run.iter_events("step")))
     for step in range(start + 1, steps + 1):
         if stop:
-            run.append_event("checkpoint", step=step - 1, path="checkpoints/checkpoint-x")
+            if not os.environ.get("STANDIN_NO_CHECKPOINT"):  # like a trainer stopped before training
+                (run.checkpoints_dir / f"checkpoint-{step - 1}").mkdir(parents=True, exist_ok=True)
+                run.append_event("checkpoint", step=step - 1, path=f"checkpoints/checkpoint-{step - 1}")
             name = signal.Signals(stop[0]).name
             run.mark_finished(CANCELLED, f"stopped by {name} at step {step - 1}", 128 + stop[0])
             print(f"cancelled at step {step - 1}", flush=True)

@@ -106,10 +106,12 @@ def test_the_batch_script_holds_every_setting_runs_the_trainer_then_the_queue_st
     setup_at = body.index("module load cuda/12.1")
     assert body[setup_at + 1] == "source /opt/venv/bin/activate"
     trainer = body.index(f"/opt/venv/bin/python -u -m flux_tui.engine.train {run.path} &")
-    assert setup_at < trainer and "set -e" in text.split("module load")[0] and body[trainer - 4].startswith("set +e ")
-    # The queue step runs with flux-tui's own Python, whatever the trainer's, and the job ends as the trainer.
+    assert setup_at < trainer and "set -e" in text.split("module load")[0] and body[trainer - 4] == "set +e"
+    # However the script ends, the queue step runs (with flux-tui's own Python, whatever the trainer's), and
+    # the job ends as the trainer (or the failing setup line) did.
     tick = f"{sys.executable} -u -m flux_tui.core.slurm_tick {run.path}"
-    assert body[-2:] == [f'{tick} --pid "$trainer" --exit-code "$code" || true', 'exit "$code"']
+    assert f'    {tick} --pid "${{trainer:-0}}" --exit-code "$1" || true' in body
+    assert body.index("trap 'queue_step $?' EXIT") < setup_at and body[-1] == 'exit "$code"'
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
 

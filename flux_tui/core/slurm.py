@@ -107,9 +107,12 @@ def sbatch_options(run: RunDir, slurm: SlurmSettings, grace_s: int | None = None
 def batch_script(
     run: RunDir, slurm: SlurmSettings, *, python: str | None = None, grace_s: int | None = None
 ) -> str:
-    """The text of the run's batch script. `python` (default: this interpreter) must exist on the nodes."""
-    python = python or sys.executable
-    trainer = shlex.join([python, "-u", "-m", "flux_tui.engine.train", str(run.path)])
+    """The text of the run's batch script. The trainer runs with `python` (default: this interpreter, which
+    must exist on the nodes; launch's FLUX_TUI_TRAINER test switch applies as for local runs)."""
+    from flux_tui.core.launch import engine_command
+
+    cmd = [python, "-u", "-m", "flux_tui.engine.train", str(run.path)] if python else engine_command(run)
+    trainer = shlex.join(cmd)
     tick = shlex.join([sys.executable, "-u", "-m", "flux_tui.core.slurm_tick", str(run.path)])
     lines = [
         "#!/bin/bash",
@@ -117,6 +120,15 @@ def batch_script(
         f"# To resubmit it by hand: sbatch {shlex.quote(str(run.slurm_script))}",
         *(f"#SBATCH {opt}" for opt in sbatch_options(run, slurm, grace_s)),
         "",
+        "# The queue step, however the script ends (after the trainer, or after a failing setup line). No",
+        "# torch: it records how the trainer ended if it could not, resubmits the run if its time limit",
+        "# stopped it, and submits the sweep's next queued runs (the queue advances with nobody logged in).",
+        "queue_step() {",
+        "    trap - EXIT",
+        f'    {tick} --pid "${{trainer:-0}}" --exit-code "$1" || true',
+        '    exit "$1"',
+        "}",
+        "trap 'queue_step $?' EXIT",
         "set -e  # a failing setup line stops the job before the trainer starts",
         'echo; echo "=== slurm job $SLURM_JOB_ID on $(hostname)'
         '${SLURM_RESTART_COUNT:+ (restart $SLURM_RESTART_COUNT)}: $(date \'+%Y-%m-%d %H:%M:%S\')"',
@@ -124,7 +136,7 @@ def batch_script(
     if slurm.setup_lines:
         lines += ["# [slurm] setup", *slurm.setup_lines, "# end of setup"]
     lines += [
-        "set +e  # from here on, however the trainer ends, the queue step below runs",
+        "set +e",
         "# The trainer is this shell's child. The TERM that Slurm sends before the time limit",
         "# (--signal=B:TERM) and flux-tui's stop (scancel --signal=TERM --batch) reach only this shell,",
         "# which passes them on: the trainer saves a checkpoint and ends `cancelled`.",
@@ -134,9 +146,6 @@ def batch_script(
         "trap 'kill -INT \"$trainer\" 2>/dev/null' INT",
         'wait "$trainer"; code=$?',
         'while [ "$code" -gt 128 ] && kill -0 "$trainer" 2>/dev/null; do wait "$trainer"; code=$?; done',
-        "# No torch: record how the trainer ended if it could not, resubmit the run if its time limit",
-        "# stopped it, and submit the sweep's next queued runs (the queue advances with nobody logged in).",
-        f'{tick} --pid "$trainer" --exit-code "$code" || true',
         'exit "$code"',
         "",
     ]

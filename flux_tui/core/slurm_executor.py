@@ -114,6 +114,8 @@ class SlurmExecutor(Executor):
         try:
             job = slurm.submit(script, options=options, env=submit_env())
         except SlurmRefused as exc:
+            if "submit limit" in str(exc):  # the QOS's or account's MaxSubmitJobs: wait for jobs to end
+                raise Unavailable(str(exc)) from None
             raise LaunchError(str(exc)) from None
         except SlurmError as exc:  # not installed here, or the controller does not answer
             raise Unavailable(str(exc)) from None

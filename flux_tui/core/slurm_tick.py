@@ -25,7 +25,7 @@ from pathlib import Path
 
 from flux_tui.core import config, launch
 from flux_tui.core.executor import LOCAL, SLURM
-from flux_tui.core.runs import QUEUED, RUNNING, RunDir, Status
+from flux_tui.core.runs import FAILED, QUEUED, RUNNING, RunDir, Status
 from flux_tui.core.supervisor import describe_exit
 
 
@@ -45,6 +45,9 @@ def record_end(run: RunDir, job: str | None, pid: int, code: int) -> Status:
         started_here = st.state == RUNNING and (st.pid == pid or mine and st.pid is None)
         if not (started_here or st.state == QUEUED and mine):
             return st
+        if pid == 0:  # the script ended before it started the trainer: a setup line failed
+            why = f"Slurm job {job} ended before its trainer started: its setup lines exited with {code}"
+            return run.mark_finished(FAILED, f"{why}; see train.log", code)
         state, message, exit_code = describe_exit(-(code - 128) if code > 128 else code, st.stop_signal)
         return run.mark_finished(state, message, exit_code)
 
@@ -72,7 +75,7 @@ def advance(run: RunDir, job: str | None) -> list[str]:
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flux_tui.core.slurm_tick", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--pid", type=int, required=True, help="the trainer's pid")
+    p.add_argument("--pid", type=int, required=True, help="the trainer's pid (0: it never started)")
     p.add_argument(
         "--exit-code", type=int, required=True, help="the trainer's exit status, as the shell saw it"
     )

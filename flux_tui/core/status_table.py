@@ -39,6 +39,8 @@ def _row(rec: RunRecord, st: Status, queue_position: int | None) -> dict[str, An
         "executor": st.executor,
         "pid": st.pid if st.state == RUNNING else None,
         "job_id": st.job_id,
+        "job_state": st.job_state if st.job_id else None,  # Slurm's word for the job (PENDING, RUNNING, ...)
+        "job_reason": st.job_reason if st.job_id else None,  # why it waits (Resources, Priority, ...)
         "queue_position": queue_position if st.state == QUEUED else None,
         "message": st.message,
         "started_at": st.started_at,

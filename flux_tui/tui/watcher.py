@@ -178,8 +178,10 @@ class Watcher(threading.Thread):
 
     def _read_runs(self, first: bool) -> None:
         changed = {n for n, t in self.trackers.items() if t.poll()}
-        queued = sorted(
-            (t.view.status.queued_at or 0.0, n) for n, t in self.trackers.items() if t.view.state == "queued"
+        queued = sorted(  # a run with a batch job is in the batch system's queue, not ours
+            (t.view.status.queued_at or 0.0, n)
+            for n, t in self.trackers.items()
+            if t.view.state == "queued" and not t.view.status.job_id
         )
         positions = {n: i + 1 for i, (_, n) in enumerate(queued)}
         changed |= {n for n, t in self.trackers.items() if t.set_queue_pos(positions.get(n))}
