@@ -182,6 +182,19 @@ def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
     assert not run.train_log.exists() or not jobs_in_log(run)  # it never ran
 
 
+def test_a_live_job_of_the_run_that_status_json_does_not_name_is_taken_not_doubled(
+    slurm_root: Path, slurm_cluster: Cluster
+) -> None:
+    """As a queue step killed right after its sbatch leaves it (or the script submitted by hand)."""
+    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
+    scheduler = Scheduler(study)
+    assert scheduler.enqueue(["a"])[0].ok
+    run = run_of(study, "a")
+    by_hand = slurm.submit(slurm.write_batch_script(run, study.slurm))
+    assert scheduler.tick() == ["a"]
+    assert run.status().job_id == by_hand and [j["id"] for j in jobs_under(slurm_root)] == [by_hand]
+
+
 def test_an_invalid_partition_fails_the_runs_with_slurms_words_and_disturbs_nothing_else(
     slurm_root: Path,
 ) -> None:

@@ -198,9 +198,6 @@ class RunDir:
 
     def mark_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
         pid = pid or os.getpid()
-        # A stop asked of a batch job before its trainer started must stay (submitting the job cleared any
-        # older one); a local launch clears it before the trainer starts.
-        keep_stop = {} if self.status().job_id else {"stop_signal": None}
         return self.write_status(
             state=RUNNING,
             stage=stage,
@@ -215,8 +212,21 @@ class RunDir:
             log_tail=[],
             device=device,
             evaluation=None,  # a new training: an earlier standalone evaluation no longer describes it
-            **keep_stop,
+            **self._owner_now(),
         )
+
+    def _owner_now(self) -> dict[str, Any]:
+        """Who runs the process now starting: inside this run's own Slurm batch job (its job name says so),
+        that job, keeping a stop asked for while it was starting (submitting it cleared any older one);
+        anywhere else a local process, which owes nothing to a job status.json still names (a standalone
+        evaluation after a Slurm run). Executor names as in core/executor.py."""
+        job = os.environ.get("SLURM_JOB_ID", "")
+        if os.environ.get("SLURM_JOB_NAME") == f"flux-tui/{self.name}" and job.isdigit():
+            same = self.status().job_id == job
+            return {"executor": "slurm", "job_id": job, **({} if same else {"stop_signal": None})}
+        if self.status().job_id:
+            return {"executor": "local", "job_id": None, "stop_signal": None}
+        return {"stop_signal": None}
 
     def has_training_record(self, status: Status) -> bool:
         """Whether the top of status.json describes a training (the evaluation must keep it): an experiment
@@ -235,7 +245,7 @@ class RunDir:
                   "device": device, "exit_code": None, "message": ""}  # fmt: skip
         changes: dict[str, Any] = dict(
             state=RUNNING, stage=stage, pid=pid, pgid=_pgid(pid), process_start=procs.start_time(pid),
-            host=socket.gethostname(), exit_code=None, log_tail=[], stop_signal=None, evaluation=record,
+            host=socket.gethostname(), exit_code=None, log_tail=[], evaluation=record, **self._owner_now(),
         )  # fmt: skip
         if not self.has_training_record(current):
             changes.update(started_at=now, finished_at=None, device=device, message="")

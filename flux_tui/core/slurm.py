@@ -328,6 +328,21 @@ def query_one(job_id: str) -> JobInfo:
     return query([job_id])[str(job_id)]
 
 
+def live_jobs_of(run: RunDir) -> list[str]:
+    """Ids of the jobs Slurm holds (pending or running) for this run folder: its job name and folder."""
+    fields = "JobID:|,State:|,WorkDir:|"
+    proc = _run(["squeue", "--noheader", f"--name=flux-tui/{run.name}", f"--Format={fields}"])
+    if proc.returncode != 0:
+        raise SlurmError(f"squeue failed: {_slurm_words(proc.stderr, 'squeue')}")
+    found = []
+    for line in proc.stdout.splitlines():
+        parts = [part.strip() for part in line.split("|")] + ["", "", ""]
+        job, state, folder = parts[:3]
+        if job.isdigit() and state in PENDING_STATES | RUNNING_STATES and folder == str(run.path):
+            found.append(job)
+    return found
+
+
 def cancel(job_id: str, *, kill: bool = False) -> bool:
     """Stop a job. Default: TERM to the trainer (it checkpoints and ends `cancelled`); a pending job is simply
     removed. kill=True: Slurm's own cancel (TERM to every process, KILL after the cluster's KillWait).

@@ -112,7 +112,10 @@ class SlurmExecutor(Executor):
         options = [f"--dependency=afterany:{self.own_job}"] if self.own_job else []
         start = progress(run)
         try:
-            job = slurm.submit(script, options=options, env=submit_env())
+            # A job of this run that status.json does not name (a queue step killed right after its sbatch,
+            # the script submitted by hand): taken as the run's job rather than a second trainer.
+            live = [j for j in slurm.live_jobs_of(run) if j != self.own_job]
+            job = live[0] if live else slurm.submit(script, options=options, env=submit_env())
         except SlurmRefused as exc:
             if "submit limit" in str(exc):  # the QOS's or account's MaxSubmitJobs: wait for jobs to end
                 raise Unavailable(str(exc)) from None
