@@ -346,6 +346,9 @@ def test_the_real_trainer_stops_on_slurm_with_a_checkpoint_and_a_resubmission_fi
 
     job = slurm_cluster.track(slurm.submit(script))
     wait_for(lambda: any(e.get("step", 0) >= 2 for e in run.iter_events("step")), 240, "step 2")
+    # Whoever stops a run records that it asked (as `flux-tui stop` does): else the job's queue step takes
+    # the TERM for the time limit's and resubmits the run (tests/test_slurm_executor.py).
+    run.write_status(stop_signal="SIGTERM")
     assert slurm.cancel(job) is True
     info = wait_for(lambda: ended(job), 120, f"job {job} to end")
     assert (info.state, info.exit_code) == ("FAILED", 143), run.train_log.read_text()

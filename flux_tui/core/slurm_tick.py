@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from flux_tui.core import config, launch
-from flux_tui.core.executor import LOCAL, SLURM
+from flux_tui.core.executor import LOCAL, SLURM, name_for_new_runs
 from flux_tui.core.runs import FAILED, QUEUED, RUNNING, RunDir, Status
 from flux_tui.core.supervisor import describe_exit
 
@@ -68,8 +68,11 @@ def advance(run: RunDir, job: str | None) -> list[str]:
     from flux_tui.core.scheduler import Scheduler
     from flux_tui.core.slurm_executor import SlurmExecutor
 
-    executors = {LOCAL: LocalExecutor(lambda: []), SLURM: SlurmExecutor(own_job=job)}
-    return Scheduler(study, executors=executors).tick()
+    scheduler = Scheduler(study, executors={LOCAL: LocalExecutor(lambda: []), SLURM: SlurmExecutor(own_job=job)})
+    if name_for_new_runs(study.workspace) != SLURM:  # never start local runs on a compute node
+        scheduler.reconcile()
+        return []
+    return scheduler.tick()
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
