@@ -146,6 +146,16 @@ def test_sweep_over_a_list_valued_key_takes_a_list_of_lists(tmp_path: Path) -> N
     assert study.names == ["g-g3.5", "g-g5"]
 
 
+def test_the_score_curve_defaults_to_a_quarter_of_the_steps_on_three_prompts(tmp_path: Path) -> None:
+    body = GOOD_HEAD + 'max_train_steps = 1500\neval_prompts = ["p1", "p2", "p3", "p4"]\n'
+    s = config.load(write(tmp_path, body)).experiments[0].settings
+    assert (s.eval_every, s.eval_interval, s.curve_prompts, s.early_stop_patience) == (None, 375, ["p1", "p2", "p3"], None)
+    body += 'eval_every = 100\ncheckpoint_eval_prompts = ["p4"]\nearly_stop_patience = 3\n'
+    s = config.load(write(tmp_path, body)).experiments[0].settings
+    assert (s.eval_interval, s.curve_prompts, s.early_stop_patience) == (100, ["p4"], 3)
+    assert config.load(write(tmp_path, GOOD_HEAD + "eval_every = 0\n")).experiments[0].settings.eval_interval == 0
+
+
 def test_hashes_separate_training_from_evaluation(tmp_path: Path) -> None:
     a = config.load(write(tmp_path, GOOD_HEAD)).experiments[0]
     b = config.load(write(tmp_path, GOOD_HEAD + 'eval_prompts = ["x"]\n')).experiments[0]
@@ -194,6 +204,15 @@ BAD = [
     pytest.param(GOOD_HEAD + '\n[slurm]\nsbatch_args = "--exclusive"\n', 10, "[slurm].sbatch_args", "expected a list of sbatch options", id="slurm-args-string"),
     pytest.param(GOOD_HEAD + '\n[slurm]\nsbatch_args = ["--exclusive", "exclusive"]\n', 10, "[slurm].sbatch_args", "item 2 ('exclusive') is not an option", id="slurm-args-item"),
     pytest.param(GOOD_HEAD + '\n[slurm]\nsetup = 3\n', 10, "[slurm].setup", "expected shell lines", id="slurm-setup"),
+    pytest.param(GOOD_HEAD + "eval_every = -250\n", 8, "eval_every", "an integer >= 0", id="eval-every-negative"),
+    pytest.param(GOOD_HEAD + "eval_every = 2.5\n", 8, "eval_every", "integer", id="eval-every-float"),
+    pytest.param(GOOD_HEAD + "early_stop_patience = 0\n", 8, "early_stop_patience", ">= 1", id="patience-zero"),
+    pytest.param(GOOD_HEAD + "eval_every = 0\nearly_stop_patience = 3\n", 9, "early_stop_patience",
+                 "eval_every = 0 turns it off", id="patience-without-curve"),
+    pytest.param(GOOD_HEAD + "checkpoint_eval_prompts = []\n", 8, "checkpoint_eval_prompts", "non-empty list",
+                 id="no-curve-prompts"),
+    pytest.param(GOOD_HEAD + 'checkpoint_eval_prompts = ["a photo", ""]\n', 8, "checkpoint_eval_prompts",
+                 "item 2 is empty", id="blank-curve-prompt"),
 ]  # fmt: skip
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from flux_tui.core import curve as curves
 from flux_tui.core.config import EVAL_KEYS
 from flux_tui.core.metrics import BY_KEY, CLIP_SCORE, FACE_DISTANCE, FACELESS, SCORE_KEYS, SCORES, metric
 from flux_tui.core.results import RunRecord
+
+T = TypeVar("T")
 
 EFFECT_KEYS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "guidance")
 # How hyperparameters and scores are named in sentences and on axes.
@@ -76,14 +80,76 @@ def picks_note(records: list[RunRecord]) -> str | None:
     return NO_FACES
 
 
+def ranked_by_pick_rule(items: Sequence[T], score: Callable[[T, str], float | None]) -> list[T]:
+    """PICK_RULE over anything scored (the runs of a study, or the steps of one run's curve): the items with
+    a face distance and no more faceless images than their median, best first (ties keep their order)."""
+    with_face = [x for x in items if score(x, FACE_DISTANCE) is not None]
+    if not with_face:
+        return []
+    median = statistics.median(score(x, FACELESS) or 0.0 for x in with_face)
+    eligible = [x for x in with_face if (score(x, FACELESS) or 0.0) <= median]
+    return sorted(eligible, key=lambda x: (score(x, FACE_DISTANCE), -(score(x, CLIP_SCORE) or 0.0)))
+
+
 def top_picks(records: list[RunRecord], n: int = 3) -> list[RunRecord]:
     """The study's way of choosing: see PICK_RULE."""
-    runs = [r for r in scored(records) if r.score(FACE_DISTANCE) is not None]
-    if not runs:
-        return []
-    median = statistics.median(r.score(FACELESS) or 0.0 for r in runs)
-    eligible = [r for r in runs if (r.score(FACELESS) or 0.0) <= median]
-    return sorted(eligible, key=lambda r: (r.score(FACE_DISTANCE), -(r.score(CLIP_SCORE) or 0.0)))[:n]
+    return ranked_by_pick_rule(scored(records), RunRecord.score)[:n]
+
+
+def best_step(curve: Sequence[Mapping[str, Any]]) -> int | None:
+    """The step of a run's curve that PICK_RULE chooses (None: no step has a face distance)."""
+    ranked = ranked_by_pick_rule(curves.points(list(curve)), curves.value)
+    return ranked[0]["step"] if ranked else None
+
+
+NO_CURVE_FACES = "no face was found in the images along its curve (the demo's random-weight model never draws one)"
+
+
+def steps_reading(name: str, scores: Mapping[str, Any] | None) -> str | None:
+    """One run's within-run steps analysis from its curve ("exp03: face distance best at step 750, worse by
+    0.0400 at 1000"), or None when it has fewer than two evaluated steps."""
+    curve = curves.points((scores or {}).get("curve"))
+    if len(curve) < 2:
+        return None
+    last = curve[-1]
+    best = best_step(curve)
+    if best is not None:
+        text = f"{name}: " + _compared(FACE_DISTANCE, next(p for p in curve if p["step"] == best), last)
+    else:
+        top = max((p for p in curve if curves.value(p, CLIP_SCORE) is not None),
+                  key=lambda p: curves.value(p, CLIP_SCORE) or 0.0, default=None)  # fmt: skip
+        text = f"{name}: no best step, {NO_CURVE_FACES}"
+        if top is not None:
+            text += "; " + _compared(CLIP_SCORE, top, last)
+    stop = (scores or {}).get("early_stop")
+    if isinstance(stop, Mapping) and isinstance(stop.get("step"), int):
+        text += f" (stopped early at step {stop['step']}" + (f" of {stop['total']})" if stop.get("total") else ")")
+    return text
+
+
+def _compared(key: str, best: Mapping[str, Any], last: Mapping[str, Any]) -> str:
+    """`face distance best at step 750, worse by 0.0400 at 1000` (best: its step's point; last: the curve's)."""
+    m = metric(key)
+    word = "best" if key == FACE_DISTANCE else ("lowest" if m.lower_is_better else "highest")
+    head = f"{m.label} {word} at step {best['step']} ({m.format(best[key])})"
+    if best["step"] == last["step"]:
+        return head + ", the last evaluated step"
+    a, b = curves.value(best, key), curves.value(last, key)
+    if a is None or b is None:
+        return head + f", not measured at {last['step']}"
+    diff = b - a
+    worse = diff > 0 if m.lower_is_better else diff < 0
+    if diff == 0:
+        return head + f", the same at {last['step']}"
+    if not worse:  # only where the rule set the step aside (more faceless images than the median)
+        faceless = last.get(FACELESS)
+        return head + f", better by {m.format(abs(diff))} at {last['step']} but with {faceless} faceless image(s)"
+    return head + f", worse by {m.format(abs(diff))} at {last['step']}"
+
+
+def steps_readings(records: list[RunRecord]) -> list[str]:
+    """The within-run steps analysis of every run with a curve, in the records' order."""
+    return [text for r in records if (text := steps_reading(r.name, r.scores))]
 
 
 # -- effects ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DEFAULT_FILE = "experiments.toml"
 
@@ -99,6 +99,16 @@ class Settings(BaseModel):
     clip_model: str = Field("openai/clip-vit-large-patch14", description="a hub id or a local folder")
     face_weights: str | None = Field(None, description="a vggface2 weights file (default: torch hub cache)")
     eval_checkpoints: bool = Field(False, description="true or false")
+    # -- evaluation during training: the score curve, the best step, early stopping
+    eval_every: NonNegInt | None = Field(
+        None, description="an integer >= 0 (steps; 0: off; default: a quarter of max_train_steps)"
+    )
+    checkpoint_eval_prompts: list[str] | None = Field(
+        None, min_length=1, description="a non-empty list of prompts (default: the first 3 eval_prompts)"
+    )
+    early_stop_patience: PosInt | None = Field(
+        None, description="an integer >= 1 (evaluations without a better face distance; needs eval_every > 0)"
+    )
 
     @field_validator("resolution", "eval_resolution")
     @classmethod
@@ -108,17 +118,36 @@ class Settings(BaseModel):
             raise ValueError(f"must be a multiple of 16 (try {f'{lower} or ' if lower else ''}{upper})")
         return v
 
-    @field_validator("eval_prompts", "sample_prompts", "lora_target_modules")
+    @field_validator("eval_prompts", "sample_prompts", "lora_target_modules", "checkpoint_eval_prompts")
     @classmethod
-    def _no_empty_strings(cls, v: list[str]) -> list[str]:
-        for i, s in enumerate(v):
+    def _no_empty_strings(cls, v: list[str] | None) -> list[str] | None:
+        for i, s in enumerate(v or []):
             if not s.strip():
                 raise ValueError(f"item {i + 1} is empty")
+        return v
+
+    @field_validator("early_stop_patience")
+    @classmethod
+    def _needs_the_curve(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("eval_every") == 0:
+            raise ValueError("early stopping reads the score curve, and eval_every = 0 turns it off")
         return v
 
     @property
     def alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else self.lora_rank
+
+    @property
+    def eval_interval(self) -> int:
+        """Steps between the evaluations during training (0: none): `eval_every`, by default a quarter of
+        `max_train_steps` (rounded up: 250 for 1000 steps, 375 for 1500)."""
+        return self.eval_every if self.eval_every is not None else -(-self.max_train_steps // 4)
+
+    @property
+    def curve_prompts(self) -> list[str]:
+        """The prompts of the evaluations during training: `checkpoint_eval_prompts`, by default the first
+        three evaluation prompts (one image each; the full grid is made at the end)."""
+        return list(self.checkpoint_eval_prompts or self.eval_prompts[:3])
 
 
 SETTING_KEYS = tuple(Settings.model_fields)
@@ -625,7 +654,9 @@ def _warn_missing_data(col: _Collector, exps: list[Experiment], names: _Names, r
 
 
 # Keys whose value is itself a list: in a sweep they expand only when given a list of lists.
-_LIST_KEYS = frozenset({"eval_prompts", "guidance_scales", "sample_prompts", "lora_target_modules"})
+_LIST_KEYS = frozenset(
+    {"eval_prompts", "guidance_scales", "sample_prompts", "lora_target_modules", "checkpoint_eval_prompts"}
+)
 
 
 def _dedupe_warnings(col: _Collector) -> None:

@@ -14,9 +14,12 @@ run without a training of its own (an ablation pseudo-run) shows the evaluation'
         status.json     state, stage, pid + process start time, timestamps, exit code, message
         train.log       everything the process printed
         events.jsonl    one JSON record per line: steps, samples, checkpoints, stages
-        lora/           pytorch_lora_weights.safetensors (diffusers format)
+        lora/           pytorch_lora_weights.safetensors (diffusers format); best/ the same for the best
+                        step of the score curve
+        curve/          step-<N>/: the LoRA at each evaluated step while training (best/ is copied from
+                        here when training ends, then the folder goes)
         checkpoints/    checkpoint-<step>/
-        samples/        step_<N>/*.png, eval/*.png
+        samples/        step_<N>/*.png, eval/*.png, curve/step-<N>/*.png (the curve's images)
         scores.json     evaluation scores
 """
 
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from flux_tui.core import curve as curves
 from flux_tui.core import procs, runlock
 from flux_tui.core.config import EVAL_KEYS, Experiment, Study
 from flux_tui.core.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
@@ -40,6 +44,8 @@ STATES = (NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM)
 FINISHED = frozenset({DONE, FAILED, CANCELLED, OOM})
 STAGES = ("prepare", "train", "generate", "score")
 KIND_EXPERIMENT, KIND_ABLATION = "experiment", "ablation"  # run.json "kind"; absent means experiment
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name for a LoRA in a folder
+BEST = "best"  # `runs/exp03@best`: the LoRA of a run's best step
 
 
 @dataclass
@@ -111,7 +117,10 @@ class RunDir:
     train_log = property(lambda self: self.path / "train.log")
     events_jsonl = property(lambda self: self.path / "events.jsonl")
     lora_dir = property(lambda self: self.path / "lora")
-    lora_file = property(lambda self: self.path / "lora" / "pytorch_lora_weights.safetensors")
+    lora_file = property(lambda self: self.path / "lora" / LORA_FILE)
+    best_lora_dir = property(lambda self: self.path / "lora" / "best")  # the LoRA of the curve's best step
+    best_lora_file = property(lambda self: self.path / "lora" / "best" / LORA_FILE)
+    curve_dir = property(lambda self: self.path / "curve")  # LoRAs of the evaluated steps, while training
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     samples_dir = property(lambda self: self.path / "samples")
     eval_dir = property(lambda self: self.path / "samples" / "eval")
@@ -348,6 +357,17 @@ class RunDir:
         folder = self.eval_dir if step is None else self.checkpoint_eval_dir(step)
         return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
+    def curve_lora_dir(self, step: int) -> Path:
+        return self.curve_dir / f"step-{step}"
+
+    def curve_images_dir(self, step: int) -> Path:
+        """The images the evaluation at `step` during training made (and scored): samples/curve/step-<N>/."""
+        return self.samples_dir / "curve" / f"step-{step}"
+
+    def curve(self) -> curves.CurveReader:
+        """The score curve as the events record it (core.curve)."""
+        return curves.from_events(self.iter_events())
+
     def latest_checkpoint(self) -> Path | None:
         ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else None
@@ -358,6 +378,16 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def split_lora_ref(ref: str | Path) -> tuple[Path, str | None]:
+    """`runs/exp03@best` -> (runs/exp03, "best"); anything else -> (the path, None). Only a suffix naming a
+    step that is kept as a LoRA counts (`best`), so a file whose name holds an @ stays a file."""
+    text = str(ref)
+    head, sep, tail = text.rpartition("@")
+    if sep and tail == BEST and head:
+        return Path(head).expanduser(), tail
+    return Path(text).expanduser(), None
 
 
 def run_dir(study: Study, name: str) -> RunDir:

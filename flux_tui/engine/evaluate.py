@@ -11,16 +11,19 @@ generate/score, then done, failed, cancelled or oom, with its own times and mess
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from flux_tui.core import analysis
+from flux_tui.core.metrics import METRICS
 from flux_tui.core.runs import KIND_EXPERIMENT, RunDir
 from flux_tui.engine import pipeline
 from flux_tui.engine import score as score_mod
-from flux_tui.engine.device import choose, device_label
+from flux_tui.engine.device import choose, device_label, free_memory
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.imagemeta import GenSettings, Job, read_metadata
 from flux_tui.engine.run_owner import EXIT_USAGE, NotOwned, owned_run
@@ -32,10 +35,14 @@ class EvaluateError(EngineError):
 
 
 class ModelCache:
-    """Models loaded at most once per process: pipelines by base model, face and CLIP scorers by weights."""
+    """Models loaded at most once per process: pipelines by base model, face and CLIP scorers by weights.
 
-    def __init__(self, device: str | None = None):
+    With `park_scorers` (the trainer, whose model keeps the GPU between evaluations) the scorers go back to
+    the CPU after each `scoring()` block and the accelerator's cache is emptied; on a CPU that is a no-op."""
+
+    def __init__(self, device: str | None = None, park_scorers: bool = False):
         self.device = device
+        self.park_scorers = park_scorers
         self._pipes: dict[tuple[str, str | None], Any] = {}
         self._faces: dict[str | None, score_mod.FaceEmbedder] = {}
         self._clips: dict[str, score_mod.ClipScorer] = {}
@@ -56,6 +63,63 @@ class ModelCache:
         if model not in self._clips:
             self._clips[model] = score_mod.ClipScorer(model, self.device)
         return self._clips[model]
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[None]:
+        """Scorers loaded earlier come back to the device for the block; parked after it (`park_scorers`)."""
+        home = choose(self.device)
+        scorers = [*self._faces.values(), *self._clips.values()]
+        for scorer in scorers:
+            scorer.to(home)
+        try:
+            yield
+        finally:
+            if self.park_scorers:
+                for scorer in [*self._faces.values(), *self._clips.values()]:
+                    scorer.to("cpu")
+                free_memory(home)
+
+
+class ImageMaker(Protocol):
+    """What makes a run's evaluation images: a pipeline loaded for them (`LoadedPipeline`), or the trainer's
+    model already in memory (`engine.train_eval.TrainedImages`)."""
+
+    quantize: str  # the base model's weights as they make the images: none, int8 or nf4
+
+    def use_lora(self, lora: Path | None, checkpoint: Path | None = None) -> None:
+        """Make the next images with the run's LoRA `lora` (None: the base alone), or with `checkpoint`'s."""
+
+    def generate(self, jobs: list[Job], out_dir: Path, gen: GenSettings, batch_size: int,
+                 on_image: Callable[[Path, Job, int, int], None]) -> list[Path]: ...  # fmt: skip
+
+    def finish(self) -> None:
+        """The evaluation is over: leave the model as it was found."""
+
+
+class LoadedPipeline:
+    """The whole pipeline from disk (text encoders included), the LoRAs loaded by diffusers: what a
+    standalone evaluation, the ablation and a relaunch of a trained run use."""
+
+    quantize = "none"
+
+    def __init__(self, models: ModelCache, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.pipe = models.pipeline(cfg["base_model"], cfg.get("revision"))
+
+    def use_lora(self, lora: Path | None, checkpoint: Path | None = None) -> None:
+        if checkpoint is not None:
+            rank = self.cfg["lora_rank"]
+            state = pipeline.checkpoint_lora(checkpoint, rank, self.cfg.get("lora_alpha") or rank)
+            pipeline.set_loras(self.pipe, [(state, 1.0)])
+        else:
+            pipeline.set_loras(self.pipe, [(lora, 1.0)] if lora else [])
+
+    def generate(self, jobs: list[Job], out_dir: Path, gen: GenSettings, batch_size: int,
+                 on_image: Callable[[Path, Job, int, int], None]) -> list[Path]:  # fmt: skip
+        return pipeline.generate_images(self.pipe, jobs, out_dir, gen, batch_size=batch_size, on_image=on_image)
+
+    def finish(self) -> None:
+        pipeline.clear_loras(self.pipe)
 
 
 def _rel(run: RunDir, path: Path) -> str:
@@ -95,43 +159,49 @@ def _clear_eval_images(run: RunDir) -> None:
             png.unlink()
 
 
-def generate_stage(run: RunDir, models: ModelCache, batch_size: int = pipeline.DEFAULT_BATCH) -> list[Path]:
-    """Make the evaluation grid of the run's LoRA (and of each checkpoint with `eval_checkpoints`)."""
+def grid_settings(run: RunDir, cfg: dict[str, Any], loras: list[dict[str, Any]], step: int | None,
+                  quantize: str = "none") -> GenSettings:  # fmt: skip
+    """What every image of a run's evaluation shares (its PNG metadata)."""
+    size = cfg.get("eval_resolution") or cfg["resolution"]
+    return GenSettings(
+        base_model=cfg["base_model"], width=size, height=size, num_inference_steps=cfg["num_inference_steps"],
+        max_sequence_length=cfg.get("max_sequence_length", 512), revision=cfg.get("revision"),
+        loras=loras, run=run.name, checkpoint=step, quantize=quantize,
+    )  # fmt: skip
+
+
+def generate_stage(run: RunDir, models: ModelCache, batch_size: int = pipeline.DEFAULT_BATCH,
+                   maker: ImageMaker | None = None) -> list[Path]:  # fmt: skip
+    """Make the evaluation grid of the run's LoRA (and of each checkpoint with `eval_checkpoints`), with
+    `maker` (default: the pipeline loaded from disk)."""
     check_ready(run)
     cfg = _settings(run)
     lora = run.lora_source()
-    size = cfg.get("eval_resolution") or cfg["resolution"]
     jobs = pipeline.eval_jobs(cfg["eval_prompts"], cfg["guidance_scales"], cfg["images_per_prompt"], cfg["eval_seed"])
     checkpoints = run.checkpoints() if cfg.get("eval_checkpoints") else []
     total = len(jobs) * (1 + len(checkpoints))
     _clear_eval_images(run)
-    pipe = models.pipeline(cfg["base_model"], cfg.get("revision"))
+    maker = maker or LoadedPipeline(models, cfg)
     made: list[Path] = []
 
-    def on_image(path: Path, job: Job, i: int, n: int, step: int | None = None) -> None:
+    def on_image(path: Path, job: Job, step: int | None) -> None:
         made.append(path)
         run.append_event("eval_image", path=_rel(run, path), prompt=job.prompt, guidance=job.guidance_scale,
                          seed=job.seed, checkpoint=step, index=len(made), total=total)  # fmt: skip
         print(f"generate: [{len(made)}/{total}] {_rel(run, path)}  {job.prompt}", flush=True)
 
-    def settings(loras: list[dict[str, Any]], step: int | None) -> GenSettings:
-        return GenSettings(
-            base_model=cfg["base_model"], width=size, height=size, num_inference_steps=cfg["num_inference_steps"],
-            max_sequence_length=cfg.get("max_sequence_length", 512), revision=cfg.get("revision"),
-            loras=loras, run=run.name, checkpoint=step,
-        )  # fmt: skip
-
-    rank, alpha = cfg["lora_rank"], cfg.get("lora_alpha") or cfg["lora_rank"]
     for ckpt in checkpoints:
         step = int(ckpt.name.split("-")[-1])
-        pipeline.set_loras(pipe, [(pipeline.checkpoint_lora(ckpt, rank, alpha), 1.0)])
-        pipeline.generate_images(pipe, jobs, run.checkpoint_eval_dir(step),
-                                settings([{"path": str(ckpt), "weight": 1.0, "run": run.name}], step),
-                                batch_size=batch_size, on_image=lambda p, j, i, n, s=step: on_image(p, j, i, n, s))  # fmt: skip
-    pipeline.set_loras(pipe, [(lora, 1.0)] if lora else [])
-    loras = [{"path": str(lora), "weight": 1.0, "run": (run.read_run() or {}).get("source_run", run.name)}] if lora else []
-    pipeline.generate_images(pipe, jobs, run.eval_dir, settings(loras, None), batch_size=batch_size, on_image=on_image)
-    pipeline.clear_loras(pipe)
+        maker.use_lora(None, checkpoint=ckpt)
+        gen = grid_settings(run, cfg, [{"path": str(ckpt), "weight": 1.0, "run": run.name}], step, maker.quantize)
+        maker.generate(jobs, run.checkpoint_eval_dir(step), gen, batch_size,
+                       lambda p, j, i, n, s=step: on_image(p, j, s))  # fmt: skip
+    maker.use_lora(lora)
+    source = (run.read_run() or {}).get("source_run", run.name)
+    loras = [{"path": str(lora), "weight": 1.0, "run": source}] if lora else []
+    maker.generate(jobs, run.eval_dir, grid_settings(run, cfg, loras, None, maker.quantize), batch_size,
+                   lambda p, j, i, n: on_image(p, j, None))  # fmt: skip
+    maker.finish()
     return made
 
 
@@ -150,7 +220,8 @@ def reference_dir(run: RunDir, cfg: dict[str, Any]) -> Path:
                         "hold no images")  # fmt: skip
 
 
-def _score_folder(images: Sequence[Path], run: RunDir, cfg: dict[str, Any], models: ModelCache) -> dict[str, Any]:
+def score_images_of(images: Sequence[Path], run: RunDir, cfg: dict[str, Any], models: ModelCache) -> dict[str, Any]:
+    """Every score of `images` (of `run`, prompts from their metadata) against the run's training photos."""
     face = models.face(cfg.get("face_weights"))
     clip = models.clip(cfg.get("clip_model") or score_mod.DEFAULT_CLIP)
     cache = (run.read_run() or {}).get("cache_dir")
@@ -163,7 +234,7 @@ def _score_folder(images: Sequence[Path], run: RunDir, cfg: dict[str, Any], mode
     return score_mod.score_images(images, prompts, face, clip, ref, meta)
 
 
-SUMMARY_KEYS = ("face_distance", "identity_similarity", "clip_score", "clip_score_x100", "faceless", "n_images")
+SUMMARY_KEYS = tuple(m.key for m in METRICS)  # a set of images in one line (events, checkpoints)
 
 
 def score_stage(run: RunDir, models: ModelCache) -> dict[str, Any]:
@@ -172,18 +243,42 @@ def score_stage(run: RunDir, models: ModelCache) -> dict[str, Any]:
     images = run.eval_images()
     if not images:
         raise EvaluateError(f"run {run.name!r} has no evaluation images in {run.eval_dir}")
-    result = _score_folder(images, run, cfg, models)
-    steps = sorted(int(d.name.split("-")[-1]) for d in run.eval_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit())
-    result["checkpoints"] = [
-        {"step": step, **{k: v for k, v in _score_folder(run.eval_images(step), run, cfg, models).items() if k in SUMMARY_KEYS}}
-        for step in steps if run.eval_images(step)
-    ]  # fmt: skip
+    with models.scoring():
+        result = score_images_of(images, run, cfg, models)
+        steps = sorted(int(d.name.split("-")[-1]) for d in run.eval_dir.glob("checkpoint-*")
+                       if d.name.split("-")[-1].isdigit())  # fmt: skip
+        result["checkpoints"] = [
+            {"step": step, **{k: v for k, v in score_images_of(run.eval_images(step), run, cfg, models).items()
+                              if k in SUMMARY_KEYS}}
+            for step in steps if run.eval_images(step)
+        ]  # fmt: skip
     lora = run.lora_source()
+    result.update(base=base_of(images[0]), **curve_record(run))
     result.update(run=run.name, kind=run.kind, lora=str(lora) if lora else None, scored_at=time.time())
     score_mod.write_scores(run.scores_json, result)
     run.append_event("scores", **{k: result[k] for k in SUMMARY_KEYS}, faceless_images=result["faceless_images"])
     print(score_mod.format_report(result), flush=True)
     return result
+
+
+def base_of(image: Path) -> dict[str, Any]:
+    """Which base model made the images, from their metadata: {model, revision, quantize}."""
+    meta = read_metadata(image)
+    return {"model": meta.get("base_model"), "revision": meta.get("revision"), "quantize": meta.get("quantize", "none")}
+
+
+def curve_record(run: RunDir) -> dict[str, Any]:
+    """scores.json's `curve` (per evaluated step while training), `best_step` (PICK_RULE over it) and
+    `early_stop`, from the events (core.curve); empty when the run has no curve."""
+    reader = run.curve()
+    if not reader.curve:
+        return {}
+    lora = run.best_lora_file
+    out: dict[str, Any] = {"curve": reader.curve, "best_step": analysis.best_step(reader.curve),
+                           "best_lora": str(lora) if lora.is_file() else None}  # fmt: skip
+    if reader.early_stop:
+        out["early_stop"] = reader.early_stop
+    return out
 
 
 def evaluate_run(
@@ -192,15 +287,17 @@ def evaluate_run(
     score_only: bool = False,
     models: ModelCache | None = None,
     batch_size: int = pipeline.DEFAULT_BATCH,
+    maker: ImageMaker | None = None,
 ) -> None:
-    """Generate the run's evaluation images, then score them into scores.json, announcing each stage in
-    status.json and events.jsonl. Raises on failure (the caller sets the final state)."""
+    """Generate the run's evaluation images (with `maker`, default: the pipeline loaded from disk), then
+    score them into scores.json, announcing each stage in status.json and events.jsonl. Raises on failure
+    (the caller sets the final state)."""
     models = models or ModelCache()
     check_ready(run, score_only)
     if not score_only:
         run.write_status(stage="generate")
         run.append_event("stage", stage="generate")
-        generate_stage(run, models, batch_size)
+        generate_stage(run, models, batch_size, maker)
     run.write_status(stage="score")
     run.append_event("stage", stage="score")
     score_stage(run, models)

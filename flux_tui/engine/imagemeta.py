@@ -45,6 +45,7 @@ class GenSettings:
     fused: bool = False
     run: str | None = None
     checkpoint: int | None = None
+    quantize: str = "none"  # the base's weights as they made the image: none, int8 or nf4 (the trainer's)
 
 
 def metadata_for(job: Job, gen: GenSettings) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def metadata_for(job: Job, gen: GenSettings) -> dict[str, Any]:
         "height": gen.height,
         "base_model": gen.base_model,
         "revision": gen.revision,
+        "quantize": gen.quantize,
         "loras": gen.loras,
         "fused": gen.fused,
         "run": gen.run,

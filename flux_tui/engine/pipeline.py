@@ -7,19 +7,19 @@ playground server. Every image is saved with its metadata (`engine.imagemeta`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from flux_tui.core import engine_args
-from flux_tui.core.runs import RunDir
+from flux_tui.core.runs import BEST, LORA_FILE, RunDir, split_lora_ref
 from flux_tui.engine.device import choose, is_oom
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.imagemeta import GenSettings, Job, metadata_for, save_png
 from flux_tui.engine.models import resolve_model
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_BATCH = engine_args.DEFAULT_BATCH
+TextEmbeddings = Mapping[str, Mapping[str, Any]]  # prompt -> {"t5": tensor, "pooled": tensor} (engine.cache)
 
 
 class GenerateError(EngineError):
@@ -85,9 +85,13 @@ def load_pipeline(base_model: str, device: str | None = None, revision: str | No
 # -- LoRAs ------------------------------------------------------------------------------------------
 
 
-def resolve_lora(path: str | Path) -> tuple[Path, str | None]:
-    """A LoRA file from a run folder, a lora/ folder or a .safetensors file; with the run's name if any."""
-    p = Path(path).expanduser()
+def resolve_lora(path: str | Path, step: str | None = None) -> tuple[Path, str | None]:
+    """A LoRA file from a run folder, a lora/ folder or a .safetensors file; with the run's name if any.
+    `runs/exp03@best` (or `step="best"` with a run folder) is the LoRA of the run's best step."""
+    p, suffix = split_lora_ref(path)
+    step = step or suffix
+    if step is not None:
+        return _step_lora(RunDir(p), step), RunDir(p).name
     if p.is_file():
         return p, None
     run = RunDir(p)
@@ -97,6 +101,17 @@ def resolve_lora(path: str | Path) -> tuple[Path, str | None]:
     if run.exists():
         raise GenerateError(f"run {run.name!r} ({p}) has no trained LoRA yet ({run.lora_file} is missing)")
     raise GenerateError(f"{p}: no LoRA there (expected a run folder, a folder with {LORA_FILE}, or the file)")
+
+
+def _step_lora(run: RunDir, step: str) -> Path:
+    if step != BEST:
+        raise GenerateError(f"step {step!r}: only the best step's LoRA is kept as a LoRA ({BEST!r}, in lora/best/)")
+    if not run.exists():
+        raise GenerateError(f"{run.path}: not a run folder, so it has no best step")
+    if not run.best_lora_file.is_file():
+        raise GenerateError(f"run {run.name!r} has no best-step LoRA ({run.best_lora_file} is missing): it needs a "
+                            "score curve (eval_every > 0) with a face distance at some step")  # fmt: skip
+    return run.best_lora_file
 
 
 def checkpoint_lora(ckpt: Path, rank: int, alpha: int) -> dict[str, Any]:
@@ -151,10 +166,12 @@ def generate_images(
     *,
     batch_size: int = DEFAULT_BATCH,
     on_image: Callable[[Path, Job, int, int], None] | None = None,
+    text: TextEmbeddings | None = None,
 ) -> list[Path]:
     """Make every job's image into `out_dir`. Prompts are batched `batch_size` at a time; a CUDA
     out-of-memory halves the batch and retries, down to one image. Each image has its own seeded
-    generator, so an image does not depend on the batch it was made in."""
+    generator, so an image does not depend on the batch it was made in. With `text` (prompt -> {t5,
+    pooled}, the sweep's text cache) the prompts are not encoded: a pipeline without text encoders works."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +181,7 @@ def generate_images(
     while pending:
         batch = pending.pop(0)
         try:
-            images = _call(pipe, batch, gen)
+            images = _call(pipe, batch, gen, text)
         except Exception as exc:
             if len(batch) > 1 and is_oom(exc) and str(device).startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -182,18 +199,35 @@ def generate_images(
     return paths
 
 
-def _call(pipe, batch: Sequence[Job], gen: GenSettings) -> list[Any]:
+def _call(pipe, batch: Sequence[Job], gen: GenSettings, text: TextEmbeddings | None = None) -> list[Any]:
     """One pipeline call for `batch` (one guidance value); each image with its own seeded generator."""
     import torch
 
     generators = [torch.Generator(device="cpu").manual_seed(j.seed) for j in batch]
+    if text is None:
+        prompts: dict[str, Any] = {"prompt": [j.prompt for j in batch], "max_sequence_length": gen.max_sequence_length}
+    else:
+        prompts = _embeddings(pipe, batch, text)
     result = pipe(
-        prompt=[j.prompt for j in batch],
+        **prompts,
         height=gen.height,
         width=gen.width,
         num_inference_steps=gen.num_inference_steps,
         guidance_scale=batch[0].guidance_scale,
         generator=generators,
-        max_sequence_length=gen.max_sequence_length,
     )
     return list(result.images)
+
+
+def _embeddings(pipe, batch: Sequence[Job], text: TextEmbeddings) -> dict[str, Any]:
+    """The batch's prompt embeddings from the text cache, on the transformer's device and dtype."""
+    import torch
+
+    missing = [j.prompt for j in batch if j.prompt not in text]
+    if missing:
+        raise GenerateError(f"no cached text embedding for the prompt {missing[0]!r}")
+    device, dtype = pipe._execution_device, pipe.transformer.dtype
+    return {
+        "prompt_embeds": torch.stack([text[j.prompt]["t5"] for j in batch]).to(device, dtype),
+        "pooled_prompt_embeds": torch.stack([text[j.prompt]["pooled"] for j in batch]).to(device, dtype),
+    }

@@ -166,6 +166,16 @@ class FaceEmbedder:
         self.mtcnn = MTCNN(image_size=FACE_SIZE, margin=0, post_process=True, select_largest=True, device=self.device)
         self.weights_sha = file_sha256(self.weights)
 
+    def to(self, device: str) -> FaceEmbedder:
+        """Both networks onto `device` (MTCNN also moves its inputs to its `device` attribute)."""
+        import torch
+
+        self.net.to(device)
+        self.mtcnn.to(device)
+        self.mtcnn.device = torch.device(device)
+        self.device = device
+        return self
+
     def faces(self, images: Sequence[Image.Image]) -> list[Any]:
         """MTCNN's face crops (3x160x160 tensors) or None per image. One image per call: facenet-pytorch
         2.5's batch mode fails under numpy 2 when a batch mixes images with and without a face."""
@@ -208,6 +218,11 @@ class ClipScorer:
                 "internet, set clip_model in experiments.toml (or --clip-model) to a local folder saved with "
                 "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained, or fill the Hugging Face cache"
             ) from None
+
+    def to(self, device: str) -> ClipScorer:
+        self.model.to(device)
+        self.device = device
+        return self
 
     def cosines(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
         import torch

@@ -16,7 +16,9 @@ both leave the run as it was.
 
 Relaunching resumes from the newest checkpoint; relaunching a run whose LoRA exists only evaluates it.
 The stages: `train_prepare` (photos, cached latents and text embeddings), `train_model` (the model to
-train, one optimizer step), `train_loop` (the steps, checkpoints, samples, the export).
+train, one optimizer step), `train_loop` (the steps, checkpoints, samples, the export), `train_eval` (the
+score curve while training, and the evaluation with the model already in memory: the transformer is read
+once per run, and no text encoder loads when the sweep's text cache holds every prompt).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import argparse
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from flux_tui.core.config import Settings, settings_from_dict
 from flux_tui.core.runs import RunDir
 from flux_tui.engine.device import default_device, device_label, free_memory, is_oom
 from flux_tui.engine.errors import EngineError
-from flux_tui.engine.evaluate import evaluate_run
+from flux_tui.engine.evaluate import ImageMaker, ModelCache, evaluate_run
 from flux_tui.engine.faults import ENV as FAULT_ENV
 from flux_tui.engine.faults import Faults
 from flux_tui.engine.run_owner import EXIT_USAGE, NotOwned, OwnedRun, owned_run
@@ -62,22 +65,36 @@ def oom_advice(settings: Settings, step: int | None, exc: BaseException) -> str:
     return advice + (f" ({exc})" if FAULT_ENV in str(exc) else "")  # say so when it was injected
 
 
-def train_lora(run: RunDir, settings: Settings, device: str, owner: OwnedRun) -> None:
-    """Prepare, build, train, export: the stages hand each other their records."""
+@dataclass(frozen=True)
+class Trained:
+    images: ImageMaker  # the trained model in memory, to evaluate it with (engine.train_eval.TrainedImages)
+    stopped_early: str | None  # why training stopped before max_train_steps, if it did
+
+
+def train_lora(run: RunDir, settings: Settings, device: str, owner: OwnedRun, models: ModelCache | None) -> Trained:
+    """Prepare, build, train (scoring the curve with `models`, when given), export: the stages hand each
+    other their records. The model stays in memory for the evaluation."""
     # torch and the models load here, after the run's signal handlers are in place: a stop during the
     # imports already ends the run `cancelled`.
-    from flux_tui.engine import train_loop, train_model, train_prepare
+    from flux_tui.engine import train_eval, train_loop, train_model, train_prepare
 
-    prepared = train_prepare.prepare(run, settings, device)
+    prepared = train_prepare.prepare(run, settings, device, with_eval=models is not None)
     training = train_model.build(run, settings, prepared, device)
-    train_loop.train(run, settings, prepared, training, owner)
+    images = train_eval.TrainedImages(run, settings, prepared, training)
+    curve = train_eval.Curve.start(run, settings, training, images, models) if models else None
+    stopped = train_loop.train(run, settings, prepared, training, owner, images, curve)
     train_loop.export(run, settings, training)
+    if curve is not None:
+        curve.keep_best()
+    training.accelerator.free_memory()  # the optimizer's state goes; the model stays for the evaluation
+    return Trained(images, stopped)
 
 
-def evaluate_after_training(run: RunDir) -> None:
-    """The evaluation in this process. Its failure fails the run but keeps the LoRA; out of memory stays oom."""
+def evaluate_after_training(run: RunDir, models: ModelCache, maker: ImageMaker | None) -> None:
+    """The evaluation in this process (with the trained model when there is one, else the pipeline loaded
+    from disk). Its failure fails the run but keeps the LoRA; out of memory stays oom."""
     try:
-        evaluate_run(run)
+        evaluate_run(run, models=models, maker=maker)
     except Exception as exc:
         if is_oom(exc):
             raise
@@ -98,15 +115,18 @@ def execute(run: RunDir, owner: OwnedRun, with_eval: bool) -> str:
     owner.oom_advice = lambda exc: oom_advice(settings, owner.step, exc)
     run.append_event("stage", stage="prepare")
     log(f"run {run.name}: pid {os.getpid()}, device {device_label(device)}, torch {torch.__version__}")
+    models = ModelCache(device, park_scorers=True) if with_eval else None
+    trained = None
     if run.lora_file.exists():
         log(f"train: {run.lora_file} exists: this run is trained; only evaluating it")
     else:
-        train_lora(run, settings, device, owner)
-        free_memory(device)  # the training's model and optimizer are gone: the evaluation gets the memory
-    if not with_eval:
-        return "trained (evaluation skipped: --no-eval)"
-    evaluate_after_training(run)
-    return "trained and evaluated"
+        trained = train_lora(run, settings, device, owner, models)
+        free_memory(device)  # the training's activations and optimizer are gone: the evaluation gets the memory
+    early = f"{trained.stopped_early}; " if trained and trained.stopped_early else ""
+    if models is None:
+        return early + "trained (evaluation skipped: --no-eval)"
+    evaluate_after_training(run, models, trained.images if trained else None)
+    return early + "trained and evaluated"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The trainer's third stage: the steps, with progress, checkpoints and samples on the way; then the export.
+"""The trainer's third stage: the steps, with progress, checkpoints, samples and the score curve on the way
+(`engine.train_eval`); then the export.
 
 Inside the loop a stop signal is only noted (`StopSignals.deferred`): the step under way finishes, a
 checkpoint is saved and the run ends `cancelled`, so a relaunch resumes exactly there.
@@ -22,13 +23,16 @@ from flux_tui.engine import checkpoint, lora
 from flux_tui.engine.faults import Faults
 from flux_tui.engine.run_owner import Cancelled, OwnedRun
 from flux_tui.engine.runlog import log
+from flux_tui.engine.train_eval import Curve, TrainedImages
 from flux_tui.engine.train_model import Training, train_step
 from flux_tui.engine.train_prepare import Prepared
 
 
-def train(run: RunDir, settings: Settings, prepared: Prepared, training: Training, owner: OwnedRun) -> None:
-    """Steps `training.start_step + 1 .. max_train_steps`. Raises Cancelled (after a checkpoint) on a
-    stop signal, FloatingPointError when the loss stops being finite."""
+def train(run: RunDir, settings: Settings, prepared: Prepared, training: Training, owner: OwnedRun,
+          images: TrainedImages, curve: Curve | None = None) -> str | None:  # fmt: skip
+    """Steps `training.start_step + 1 .. max_train_steps`, the score curve evaluated on the way. Returns
+    why it stopped early (None: it ran every step). Raises Cancelled (after a checkpoint) on a stop signal,
+    FloatingPointError when the loss stops being finite."""
     s = settings
     total = s.max_train_steps
     run.write_status(stage="train")
@@ -39,7 +43,9 @@ def train(run: RunDir, settings: Settings, prepared: Prepared, training: Trainin
     training.transformer.train()
     faults = Faults.from_env()
     progress = _Progress(run, training, total)
-    sampler = _Sampler(run, settings, prepared, training)
+    sampler = _Sampler(run, settings, prepared, images)
+    if curve is not None and training.start_step and curve.due(training.start_step):
+        curve.evaluate(training.start_step)  # a stop came before this step's evaluation: it is made now
     with owner.signals.deferred():
         for step in range(training.start_step + 1, total + 1):
             owner.step = step
@@ -56,10 +62,26 @@ def train(run: RunDir, settings: Settings, prepared: Prepared, training: Trainin
                 save_checkpoint(run, settings, training, step)
             if s.sample_every and step % s.sample_every == 0 and not stopping:
                 sampler(step)
+            early = _evaluate(curve, step) if not stopping else None
             if owner.signals.received is not None:
-                if not saved:  # the signal came while sampling
+                if not saved:  # the signal came while sampling or evaluating
                     save_checkpoint(run, settings, training, step)
                 raise Cancelled(owner.signals.received, step)
+            if early:
+                return early
+    return None
+
+
+def _evaluate(curve: Curve | None, step: int) -> str | None:
+    """The curve's evaluation at `step` when due; returns why training stops early, if it does."""
+    if curve is None or not curve.due(step):
+        return None
+    curve.evaluate(step)
+    reason = curve.stop_reason()
+    if reason:
+        curve.record_stop(step, reason)
+        return f"stopped early at step {step} of {curve.s.max_train_steps}: {reason}"
+    return None
 
 
 class _Progress:
@@ -96,36 +118,20 @@ def save_checkpoint(run: RunDir, settings: Settings, training: Training, step: i
 
 
 class _Sampler:
-    """Images of the model as it is now, for one or two prompts, under samples/step_N/. The VAE loads on
-    the first call and stays on the CPU between calls."""
+    """Images of the model as it is now, for one or two prompts, under samples/step_N/, made with the
+    trainer's model (`TrainedImages`: its VAE loads once and stays on the CPU between calls)."""
 
-    def __init__(self, run: RunDir, settings: Settings, prepared: Prepared, training: Training) -> None:
-        self.run, self.s, self.prepared, self.training = run, settings, prepared, training
-        self._vae: Any = None
+    def __init__(self, run: RunDir, settings: Settings, prepared: Prepared, images: TrainedImages) -> None:
+        self.run, self.s, self.prepared, self.images = run, settings, prepared, images
 
     def __call__(self, step: int) -> None:
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-        s, p, t = self.s, self.prepared, self.training
-        if self._vae is None:
-            self._vae = AutoencoderKL.from_pretrained(p.model_dir, subfolder="vae", torch_dtype=p.enc_dtype)
-        model = t.unwrapped
-        model.eval()
-        self._vae.to(t.device)
-        pipe = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(p.model_dir, subfolder="scheduler"),
-            vae=self._vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=model,
-        )  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
+        s, p = self.s, self.prepared
         out = self.run.samples_dir / f"step_{step}"
         out.mkdir(parents=True, exist_ok=True)
         guidance = s.guidance_scales[0]
-        try:
+        with self.images.session() as pipe:
             paths = [str(self._image(pipe, prompt, guidance, step, out / f"{i:02d}.png"))
                      for i, prompt in enumerate(p.sample_prompts)]  # fmt: skip
-        finally:
-            self._vae.to("cpu")
-            model.train()
         self.run.append_event("sample", step=step, paths=paths, prompts=list(p.sample_prompts), seed=s.seed,
                               guidance=guidance, num_inference_steps=s.num_inference_steps)  # fmt: skip
         log(f"samples: {len(paths)} image(s) in {out.relative_to(self.run.path)}")
@@ -133,16 +139,15 @@ class _Sampler:
     def _image(self, pipe: Any, prompt: str, guidance: float, step: int, path: Path) -> Path:
         from PIL.PngImagePlugin import PngInfo
 
-        s, t = self.s, self.training
+        s = self.s
         text = self.prepared.text[prompt]
-        dtype = pipe.transformer.dtype
-        with torch.no_grad(), t.accelerator.autocast():
-            image = pipe(
-                prompt_embeds=text["t5"][None].to(t.device, dtype),
-                pooled_prompt_embeds=text["pooled"][None].to(t.device, dtype),
-                height=s.resolution, width=s.resolution, num_inference_steps=s.num_inference_steps,
-                guidance_scale=guidance, generator=torch.Generator().manual_seed(s.seed),
-            ).images[0]  # fmt: skip
+        dtype, device = pipe.transformer.dtype, self.images.device
+        image = pipe(
+            prompt_embeds=text["t5"][None].to(device, dtype),
+            pooled_prompt_embeds=text["pooled"][None].to(device, dtype),
+            height=s.resolution, width=s.resolution, num_inference_steps=s.num_inference_steps,
+            guidance_scale=guidance, generator=torch.Generator().manual_seed(s.seed),
+        ).images[0]  # fmt: skip
         meta = PngInfo()
         for k, v in {"prompt": prompt, "seed": s.seed, "guidance": guidance, "step": step,
                      "num_inference_steps": s.num_inference_steps}.items():  # fmt: skip

@@ -2,7 +2,8 @@
 
 Everything that does not change while training is computed once, here, through the sweep's feature cache
 (`engine.cache`): the second run of a sweep on the same photos and base model only reads it. The VAE and
-the text encoders are loaded only for what the cache lacks and dropped before training starts. The result
+the text encoders are loaded only for what the cache lacks and dropped before training starts. The
+evaluation's prompts are encoded here too (once per sweep), for the evaluation in the trainer's process. The result
 is a `Prepared` record that the next stages read.
 """
 
@@ -37,7 +38,9 @@ def sample_prompts(settings: Settings) -> tuple[str, ...]:
     return tuple((settings.sample_prompts or [settings.instance_prompt])[:2])
 
 
-def prepare(run: RunDir, settings: Settings, device: str) -> Prepared:
+def prepare(run: RunDir, settings: Settings, device: str, with_eval: bool = False) -> Prepared:
+    """The photos, their latents and the prompts' embeddings; `with_eval`: the evaluation's prompts too
+    (the grid's and the curve's), so the evaluation in this process needs no text encoder."""
     info = run.read_run() or {}
     cache_dir = Path(info.get("cache_dir") or run.path / "cache")
     model_dir = models.resolve_model(settings.base_model, settings.revision, log)
@@ -48,7 +51,10 @@ def prepare(run: RunDir, settings: Settings, device: str) -> Prepared:
     encoder = _Encoder(features, model_dir, device, enc_dtype)
     latents = encoder.latents(images, flips=(False, True) if settings.random_flip else (False,))
     prompts = sample_prompts(settings)
-    text = encoder.text(list(dict.fromkeys([settings.instance_prompt, *prompts])), settings.max_sequence_length)
+    wanted = [settings.instance_prompt, *prompts]
+    if with_eval:
+        wanted += [*settings.eval_prompts, *settings.curve_prompts]
+    text = encoder.text(list(dict.fromkeys(wanted)), settings.max_sequence_length)
     st = features.stats
     run.append_event(
         "cache", latents_encoded=st.latents_encoded, latents_reused=st.latents_reused,
