@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tui_helpers import scored_sweep
 
-from flux_tui.core import analysis, config, export, metrics, report, results
+from flux_tui.core import analysis, config, curve, export, metrics, report, results
 
 
 @pytest.fixture
@@ -106,6 +106,53 @@ def ink_words(strip: Image.Image, space_px: int = 4) -> list[tuple[int, int]]:
             words[-1] = (words[-1][0], x)
         blank = 0 if ink else blank + 1
     return words
+
+
+def test_a_curves_best_step_follows_the_leaderboards_rule() -> None:
+    curve = [
+        {"step": 250, "face_distance": 0.80, "clip_score": 0.30, "faceless": 0},
+        {"step": 500, "face_distance": 0.70, "clip_score": 0.30, "faceless": 2},  # lowest, but more faceless
+        {"step": 750, "face_distance": 0.74, "clip_score": 0.29, "faceless": 0},
+        {"step": 1000, "face_distance": 0.74, "clip_score": 0.31, "faceless": 0},  # ties with 750: CLIP decides
+    ]
+    assert analysis.best_step(curve) == 1000
+    curve[3]["clip_score"] = 0.28
+    assert analysis.best_step(curve) == 750
+    # Points that are not a step with numbers are outside data: left out, never a crash.
+    assert analysis.best_step([*curve, {"step": "x"}, {"step": 9, "face_distance": True}, "junk"]) == 750
+    assert analysis.best_step([{**p, "face_distance": None} for p in curve]) is None
+    assert analysis.best_step([]) is None
+
+
+def test_early_stopping_counts_the_evaluations_since_the_lowest_face_distance() -> None:
+    def pts(*fds):
+        return [{"step": 10 * (i + 1), "face_distance": fd} for i, fd in enumerate(fds)]
+
+    assert curve.evaluations_since_best_face(pts(0.8, 0.7, None, 0.75)) == 2  # no face: no improvement
+    assert curve.evaluations_since_best_face(pts(0.8, 0.7, 0.7)) == 1  # equal is not better
+    assert curve.evaluations_since_best_face(pts(0.8, 0.7, 0.6)) == 0
+    assert curve.evaluations_since_best_face(pts(None, None)) is None  # nothing to improve on yet
+
+
+def test_the_steps_analysis_reads_each_runs_curve_beside_the_across_run_one(study: config.Study,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    recs = results.collect(study)
+    assert analysis.steps_readings(recs) == [
+        "exp03: face distance best at step 750 (0.7200), worse by 0.0400 at 1000",
+        "exp07: face distance best at step 1500 (0.7700), the last evaluated step",
+        "exp10: face distance best at step 375 (0.7500), better by 0.0100 at 500 but with 1 faceless image(s)",
+    ]
+    demo = {"curve": [{"step": 10, "clip_score": 0.11, "faceless": 3}, {"step": 20, "clip_score": 0.10, "faceless": 3}],
+            "early_stop": {"step": 20, "total": 30}}  # fmt: skip
+    assert analysis.steps_reading("demo", demo) == (
+        f"demo: no best step, {analysis.NO_CURVE_FACES}; CLIP score highest at step 10 (0.1100), worse by 0.0100 "
+        "at 20 (stopped early at step 20 of 30)"
+    )
+    assert analysis.steps_reading("one", {"curve": demo["curve"][:1]}) is None
+    text = report.write_report(recs, tmp_path / "report").read_text()
+    steps = text[text.index("### steps"):text.index("### scheduler")]
+    assert "- exp03: face distance best at step 750 (0.7200), worse by 0.0400 at 1000" in steps
+    assert "higher steps" not in steps and "more steps" in steps  # the across-run reading stays beside it
 
 
 def test_runs_without_faces_are_explained_not_called_unscored(study: config.Study, tmp_path: Path) -> None:

@@ -136,8 +136,10 @@ def write_run(
     log_lines: int = 30,
     message: str = "",
     pid: int | None = None,
+    curve: list[dict] | None = None,
 ) -> RunDir:
-    """A run folder in `state` as the trainer leaves it, with fixed times."""
+    """A run folder in `state` as the trainer leaves it, with fixed times (and the curve's records, when
+    given: those up to step `upto`)."""
     exp = study.get(name)
     run = runs.prepare(study, exp)
     total = exp.settings.max_train_steps
@@ -151,6 +153,8 @@ def write_run(
             d.mkdir(parents=True, exist_ok=True)
             face_image(step + exp.number).save(d / "a_photo_of_cr7man.png")
             run.append_event("sample", step=step, paths=[str(d / "a_photo_of_cr7man.png")])
+    if curve:
+        write_curve_events(run, [p for p in curve if p["step"] <= upto])
     if eval_images:
         run.append_event("stage", stage="generate")
         run.eval_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +222,28 @@ def scores_for(n: int, fd: float, clip: float, faceless: int = 0) -> dict:
     }
 
 
+def curve_of(total: int, values: list[tuple[float | None, float, int]], n_images: int = 3) -> dict:
+    """scores.json's curve keys for a run evaluated at every quarter of `total` steps: one (face distance,
+    CLIP score, faceless) per evaluation, as the trainer's `curve` records and the evaluation copy them."""
+    from flux_tui.core import analysis
+
+    every = -(-total // len(values))
+    curve = [
+        {"step": min(total, every * (i + 1)), "face_distance": fd, "identity_similarity": None if fd is None else
+         round(1 - fd / 2, 4), "clip_score": clip, "clip_score_x100": round(clip * 100, 2), "faceless": faceless,
+         "n_images": n_images}
+        for i, (fd, clip, faceless) in enumerate(values)
+    ]  # fmt: skip
+    return {"curve": curve, "best_step": analysis.best_step(curve)}
+
+
+def write_curve_events(run: RunDir, curve: list[dict]) -> None:
+    """The trainer's curve records for a run folder written by hand (the dashboard follows them live)."""
+    run.append_event("curve_begin", every=curve[0]["step"], prompts=[], carried=[])
+    for point in curve:
+        run.append_event("curve", **point)
+
+
 def sleeper() -> subprocess.Popen:
     """A real process in its own session standing for a run's trainer (the state shown is the folder's)."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
@@ -230,6 +256,13 @@ SWEEP_SCORES = {
     "exp05": (0.85, 0.301, 0), "exp06": (0.82, 0.298, 0), "exp07": (0.77, 0.304, 0), "exp08": (0.71, 0.296, 1),
     "exp09": (0.90, 0.305, 0), "exp10": (0.74, 0.292, 3), "exp11": (0.75, 0.301, 0),
 }  # fmt: skip
+# Score curves of three of them (eval_every: a quarter of their steps): exp03 is best at 750 of 1000 and
+# overfits after, exp07 keeps improving to 1500, exp10's best-looking step has more faceless images.
+SWEEP_CURVES = {
+    "exp03": [(0.82, 0.296, 0), (0.78, 0.298, 0), (0.72, 0.300, 0), (0.76, 0.299, 0)],
+    "exp07": [(0.84, 0.300, 0), (0.80, 0.302, 0), (0.78, 0.303, 0), (0.77, 0.304, 0)],
+    "exp10": [(0.79, 0.290, 0), (0.70, 0.291, 2), (0.75, 0.292, 0), (0.74, 0.292, 1)],
+}
 
 
 def scored_sweep(root: Path, n_images: int = 2) -> config.Study:
@@ -256,6 +289,8 @@ def scored_sweep(root: Path, n_images: int = 2) -> config.Study:
         scores = {"face_distance": fd, "clip_score": clip, "clip_score_x100": clip * 100, "faceless": faceless,
                   "identity_similarity": 1 - fd / 2, "n_images": len(exp.settings.eval_prompts),
                   "per_image": per_image}  # fmt: skip
+        if exp.name in SWEEP_CURVES:
+            scores.update(curve_of(total, SWEEP_CURVES[exp.name]))
         run.scores_json.write_text(json.dumps(scores))
         run.eval_dir.mkdir(parents=True)
         for i, prompt in enumerate(prompts):
@@ -269,10 +304,13 @@ def scored_sweep(root: Path, n_images: int = 2) -> config.Study:
 def populated_study(root: Path, running_pid: int | None = None) -> config.Study:
     """Six runs: done (two, with scores and images), running, queued, failed, new."""
     study = make_study(root)
-    write_run(study, "exp01", "done", scores=scores_for(1, 0.7571, 0.2988), eval_images=True)
+    curve = curve_of(20, [(0.81, 0.291, 0), (0.77, 0.296, 0), (0.74, 0.300, 0), (0.76, 0.299, 0)])
+    write_run(study, "exp01", "done", scores={**scores_for(1, 0.7571, 0.2988), **curve}, eval_images=True,
+              curve=curve["curve"])  # fmt: skip
     write_run(study, "exp02", "done", scores=scores_for(2, 0.7933, 0.2945, faceless=1), eval_images=True)
     if running_pid is not None:
-        write_run(study, "exp03", "running", upto=23, pid=running_pid)
+        live = curve_of(40, [(0.85, 0.281, 1), (0.80, 0.290, 0), (0.78, 0.292, 0), (0.79, 0.291, 0)])
+        write_run(study, "exp03", "running", upto=23, pid=running_pid, curve=live["curve"])
     write_run(study, "exp04", "queued", upto=0, samples=False, log_lines=0)
     write_run(
         study, "exp05", "failed", upto=12, message="CUDA error: an illegal memory access was encountered"

@@ -30,10 +30,14 @@ LABELS = {
     "guidance": "guidance scale",
     **{m.key: m.label for m in SCORES},
 }
-PICK_RULE = (
-    f"lowest {metric(FACE_DISTANCE).label} among scored runs with no more {metric(FACELESS).label} than the "
-    f"median, ties broken by the higher {metric(CLIP_SCORE).label}"
-)
+def pick_rule(among: str) -> str:
+    """The study's rule for choosing, in words, over `among` (runs, or the steps of a run's curve)."""
+    return (f"lowest {metric(FACE_DISTANCE).label} among {among} with no more {metric(FACELESS).label} than the "
+            f"median, ties broken by the higher {metric(CLIP_SCORE).label}")  # fmt: skip
+
+
+PICK_RULE = pick_rule("scored runs")
+STEP_RULE = pick_rule("the evaluated steps of its curve")
 
 
 def scored(records: list[RunRecord]) -> list[RunRecord]:

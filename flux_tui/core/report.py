@@ -146,6 +146,15 @@ def effect_chart(effect: analysis.Effect, out: Path) -> Path | None:
     return out
 
 
+def steps_section(records: list[RunRecord]) -> list[str]:
+    """The within-run steps analysis: each run's score curve (eval_every), beside the across-run comparison."""
+    readings = analysis.steps_readings(records)
+    head = f"Within runs (each run's score curve; best step: {analysis.STEP_RULE}):"
+    if not readings:
+        return [head, "", "- no run has a score curve of two or more evaluated steps (eval_every)"]
+    return [head, "", *(f"- {text}" for text in readings)]
+
+
 def write_report(records: list[RunRecord], out_dir: Path, title: str = "flux-tui report") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     done = analysis.scored(records)
@@ -168,6 +177,8 @@ def write_report(records: list[RunRecord], out_dir: Path, title: str = "flux-tui
         lines += [f"- {effect.reading(m.key)}" for m in HEADLINE]
         if chart:
             lines += ["", f"![{effect.key}]({chart.name})"]
+        if effect.key == "max_train_steps":
+            lines += ["", *steps_section(records)]
         lines.append("")
     lines += ["## Images (prompt x run)", ""]
     sheet = contact_sheet(done, out_dir / "contact_sheet.png") if done else None

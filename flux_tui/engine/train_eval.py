@@ -238,6 +238,6 @@ class Curve:
             shutil.rmtree(self.run.best_lora_dir, ignore_errors=True)
             os.replace(tmp, self.run.best_lora_dir)
             self.run.append_event("best_lora", step=best, path=str(self.run.best_lora_dir))
-            log(f"curve: best step {best} ({analysis.PICK_RULE}): its LoRA is {self.run.best_lora_file}")
+            log(f"curve: best step {best} ({analysis.STEP_RULE}): its LoRA is {self.run.best_lora_file}")
         shutil.rmtree(self.run.curve_dir, ignore_errors=True)
         return best
