@@ -241,7 +241,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 @command("generate", "Generate with one or more runs' LoRAs merged by weight (--lora a --lora b --weights 0.8,0.7).",
          generate_args)  # fmt: skip
 def cmd_generate(args: argparse.Namespace) -> int:
-    opts = to_flags(args, "lora", "weights", "prompt", "fuse", "images", "seed", "guidance", "steps", "resolution",
+    opts = to_flags(args, "lora", "weights", "step", "prompt", "fuse", "images", "seed", "guidance", "steps", "resolution",
                   "base_model", "out", "score_against", "clip_model", "face_weights", "batch_size", "device")  # fmt: skip
     return run_engine("generate", *([args.run] if args.run else []), *opts)
 

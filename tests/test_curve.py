@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,9 @@ eval_every = 2
 
 [[experiment]]
 name = "curve"
+
+[[experiment]]
+name = "resumed"       # the same as curve: stopped by SIGTERM after its evaluation at step 4, relaunched
 
 [[experiment]]
 name = "plain"         # the same training without a curve
@@ -190,6 +195,35 @@ def test_the_final_evaluation_in_the_trainer_makes_the_images_a_standalone_one_m
         assert np.abs(np.asarray(Image.open(path), dtype=np.int16) - before[path.name]).max() <= 1
     again, first = curve.scores(), json.loads((tmp_path / "scores.json").read_text())
     assert again["curve"] == first["curve"] and again["best_step"] == 4  # a re-evaluation keeps the curve
+
+
+def test_a_relaunch_keeps_the_curve_and_step_loras_of_before_its_checkpoint(ws: Path, curve: RunDir) -> None:
+    study = config.load(ws / "experiments.toml")
+    run = runs.prepare(study, study.get("resumed"))
+    env = _env(ws, "scripted-best")
+    env["FLUX_TUI_FAULT"] += ",step_delay:0.5"
+    proc = launch.start(run, env=env)
+    deadline = time.monotonic() + 240
+    while not any(e.get("step") == 4 for e in run.iter_events("curve")):
+        assert proc.poll() is None and time.monotonic() < deadline, run.train_log.read_text()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped = run.latest_checkpoint()
+    assert stopped is not None and int(stopped.name.split("-")[1]) >= 4
+    assert run.curve_lora_dir(4).is_dir()  # kept for the relaunch: step 4 may be the best
+
+    proc = launch.start(run, env=_env(ws, "scripted-best"))
+    assert proc.wait(timeout=300) == 0, run.train_log.read_text()
+    begins = list(run.iter_events("curve_begin"))
+    assert [p["step"] for p in begins[-1]["carried"]] == [2, 4]  # not evaluated again
+    assert [e["step"] for e in run.iter_events("curve")] == [2, 4, 6]
+    scores = run.scores()
+    assert [p["step"] for p in scores["curve"]] == [2, 4, 6] and scores["best_step"] == 4
+    from safetensors.torch import load_file
+
+    a, b = load_file(curve.best_lora_file), load_file(run.best_lora_file)  # made by the first launch
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
 
 
 def test_early_stopping_ends_done_saying_why_with_the_schedule_as_it_ran(early: RunDir) -> None:

@@ -48,6 +48,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> config.Study:
         run.write_status(state=runs.DONE)
         scores = {"face_distance": fd, "clip_score": clip, "faceless": faceless, "identity_similarity": 0.5,
                   "n_images": 2}  # fmt: skip
+        if exp.name == "e":  # a score curve (eval_every 10): best at 30, worse at the last step
+            scores["curve"] = [{"step": st, "face_distance": fd, "clip_score": 0.3, "faceless": 0}
+                               for st, fd in ((10, 0.80), (20, 0.76), (30, 0.74), (40, 0.77))]  # fmt: skip
         if exp.name == "a":  # two guidance scales, as engine.score writes them
             scores["per_guidance"] = [
                 {"guidance_scale": 5.0, "face_distance": 0.82, "clip_score": 0.295, "faceless": 1},
@@ -118,3 +121,20 @@ async def test_effects_view_finds_the_designed_pairs_and_reads_them(study: confi
         await pilot.press("left_square_bracket")
         assert tabs.active == "fx-lr_scheduler"
         await pilot.pause()
+
+
+async def test_the_steps_tab_reads_each_runs_curve_beside_the_comparison_across_runs(study: config.Study) -> None:
+    app = ScreenHost(study, EffectsScreen)
+    async with app.run_test(size=(180, 60)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, EffectsScreen)
+        await _loaded(pilot, screen)
+        for _ in range(3):
+            await pilot.press("right_square_bracket")
+        tabs = screen.query_one(TabbedContent)
+        assert tabs.active == "fx-max_train_steps"
+        pane = screen.query_one("#fx-max_train_steps")
+        assert "20 (a) → 40 (e)" in str(pane.query_one(".fx-runs", Static).render())  # across runs
+        within = str(pane.query_one("#fx-within", Static).render())  # and within one
+        assert "Within runs" in within and "e: face distance best at step 30 (0.7400), worse by 0.0300 at 40" in within
+        assert not screen.query("#fx-learning_rate #fx-within")  # only the steps tab has it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,38 @@ def test_generate_rejects_weights_that_do_not_match_the_loras(study: config.Stud
     assert code == 2 and "1 weight(s) for 2 --lora(s)" in capsys.readouterr().err
     assert generate.main(["--lora", str(runs / "exp04"), "--prompt", "x"]) == 2
     assert "no LoRA there" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_runs_best_step_lora_is_used_as_run_at_best_or_with_step_best(study: config.Study, tmp_path: Path) -> None:
+    from flux_tui.tui.screens.playground import lora_runs
+
+    runs = study.workspace.runs_dir
+    run = run_dir(study, "exp02")
+    run.best_lora_dir.mkdir()
+    try:
+        shutil.copy(run_dir(study, "exp01").lora_file, run.best_lora_file)  # another LoRA than exp02's own
+        assert pipeline.resolve_lora(f"{run.path}@best") == (run.best_lora_file, "exp02@best")
+        assert pipeline.resolve_lora(run.path, "best") == (run.best_lora_file, "exp02@best")
+        with pytest.raises(pipeline.GenerateError, match="'exp01' has no best-step LoRA"):
+            pipeline.resolve_lora(runs / "exp01", "best")
+        # The playground offers it beside the run's own LoRA, under the name the engine resolves.
+        listed = {name: path for name, path, _ in lora_runs(study)}
+        assert listed["exp02@best"] == f"{run.path}@best" and listed["exp02"] == str(run.path)
+        assert "exp01@best" not in listed
+
+        out = tmp_path / "out"
+        proc = flux_tui("generate", "--lora", str(run.path), "--step", "best", "--prompt", "cr7man", "--steps", "2",
+                        "--out", str(out), tmp=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        meta = imagemeta.read_metadata(out / "p01-g3.5-s0.png")
+        assert meta["loras"] == [{"path": str(run.best_lora_file), "weight": 1.0, "run": "exp02@best"}]
+        assert meta["base_model"] == study.get("exp02").settings.base_model  # the run's config still found
+        # The same image as with exp01's own LoRA file: the best step's LoRA is what was loaded.
+        proc = flux_tui("generate", "--lora", str(run_dir(study, "exp01").lora_file), "--prompt", "cr7man",
+                        "--steps", "2", "--out", str(tmp_path / "same"), "--base-model", meta["base_model"],
+                        tmp=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert np.abs(_pixels(out / "p01-g3.5-s0.png") - _pixels(tmp_path / "same" / "p01-g3.5-s0.png")).max() <= 1
+    finally:
+        shutil.rmtree(run.best_lora_dir)

@@ -124,6 +124,36 @@ async def test_leaderboard_sorts_by_each_score_and_marks_the_best(study: config.
         assert "lr5-r8" not in picks
 
 
+async def test_best_at_shows_each_runs_best_step_by_the_boards_own_rule(study: config.Study) -> None:
+    def curve(*points):
+        return [{"step": s, "face_distance": fd, "clip_score": 0.3, "faceless": n, "n_images": 2}
+                for s, fd, n in points]  # fmt: skip
+
+    curves = {
+        # 5 has the lowest face distance but more faceless images than the median: 15 is the best step.
+        "lr5-r4": curve((5, 0.60, 2), (10, 0.75, 0), (15, 0.70, 0), (20, 0.74, 0)),
+        "lr1-r8": curve((10, 0.80, 0), (20, 0.76, 0)),  # best at its last step
+        "lr5-r8": curve((10, None, 2), (20, None, 2)),  # no face along the curve
+    }
+    for name, points in curves.items():
+        run = runs.run_dir(study, name)
+        scores = json.loads(run.scores_json.read_text())
+        run.scores_json.write_text(json.dumps({**scores, "curve": points}))
+    app = ScreenHost(study, LeaderboardScreen)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, LeaderboardScreen)
+        await _until(pilot, lambda: screen.loaded)
+        table = screen.query_one(DataTable)
+        col = table.get_column_index("best_step")
+        assert str(table.columns[list(table.columns)[col]].label) == "best@"
+        cells = {str(table.get_row_at(i)[2]): table.get_row_at(i)[col] for i in range(table.row_count)}
+        assert {k: str(v) for k, v in cells.items()} == {
+            "lr5-r8": "no face", "lr5-r4": "15", "lr1-r8": "20", "lr1-r4": "-", "ablation-base": "-",
+        }  # fmt: skip
+        assert "cyan" in str(cells["lr5-r4"].style) and "cyan" not in str(cells["lr1-r8"].style)  # before its end
+
+
 async def test_select_runs_and_compare_them_as_a_prompt_by_run_grid(study: config.Study) -> None:
     app = ScreenHost(study, LeaderboardScreen)
     async with app.run_test(size=(160, 50)) as pilot:

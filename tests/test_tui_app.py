@@ -16,6 +16,7 @@ from flux_tui.tui.app import FluxApp
 from flux_tui.tui.screens.detail import ImageScreen, RunDetailScreen
 from flux_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from flux_tui.tui.screens.help import HelpScreen
+from flux_tui.tui.widgets.curveplot import CurvePanel, ScoreCurve
 from flux_tui.tui.widgets.gauges import GaugesPanel
 from flux_tui.tui.widgets.images import FittedImage, ImageWidget, Thumbnail
 from flux_tui.tui.widgets.logpane import LogPane
@@ -247,6 +248,71 @@ async def test_detail_screen_shows_config_timeline_scores_and_image_grid(workspa
         assert full.index == 2
         await pilot.press("escape", "escape")
         await until(pilot, lambda: app.screen.id == "dashboard")
+
+
+async def test_the_loss_tab_shows_the_score_curve_with_its_best_step_and_best_at_follows_it_live(workspace) -> None:
+    study, _ = workspace
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.pause()
+        assert cell(app, "exp01", "best_step") == "15"  # scored at 5, 10, 15, 20: lowest face distance at 15
+        assert cell(app, "exp03", "best_step") == "20"  # running: its curve so far (10, 20)
+        assert cell(app, "exp02", "best_step") == ""  # no curve
+        # A new evaluation of the running run moves its best step as it is recorded.
+        RunDir(study.workspace.runs_dir / "exp03").append_event(
+            "curve", step=30, face_distance=0.70, clip_score=0.3, faceless=0, n_images=3
+        )  # fmt: skip
+        await until(pilot, lambda: cell(app, "exp03", "best_step") == "30", what="best@ of the running run")
+
+        app.open_detail("exp01")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen)
+        await pilot.pause()
+        screen.query_one(TabbedContent).active = "tab-loss"
+        await pilot.pause()
+        panel = screen.query_one(CurvePanel)
+        assert panel.display
+        charts = {c.metric.key: c for c in panel.query(ScoreCurve)}
+        assert list(charts) == ["face_distance", "clip_score", "faceless"]  # beside the loss plot
+        assert [x for x, _ in charts["face_distance"].points] == [5, 10, 15, 20]
+        assert all(c.best == 15 and "best step 15" in str(c.border_title) for c in charts.values())
+        note = str(panel.query_one("#curve-note", Static).render())
+        assert "score curve at steps 5, 10, 15, 20" in note and "best step 15" in note
+        assert screen.query_one("#loss-full", LossPlot).has_points
+        await pilot.press("escape")
+
+        app.open_detail("exp02")  # no curve: the loss alone
+        screen = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen)
+        await pilot.pause()
+        assert not screen.query_one(CurvePanel).display
+
+
+async def test_a_curve_without_faces_shows_clip_and_faceless_and_says_why_face_distance_is_missing(
+    workspace,
+) -> None:
+    study, _ = workspace
+    # The demo's random model: every image of the curve faceless, CLIP scores only.
+    curve = [{"step": s, "face_distance": None, "clip_score": c, "faceless": 3, "n_images": 3}
+             for s, c in ((5, 0.111), (10, 0.109), (15, 0.110))]  # fmt: skip
+    write_run(study, "exp06", "done", scores={"clip_score": 0.1, "faceless": 4, "n_images": 4, "curve": curve},
+              curve=curve)  # fmt: skip
+    app = fast_app(study)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        await pilot.pause()
+        assert cell(app, "exp06", "best_step") == "no face"
+        app.open_detail("exp06")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen)
+        await pilot.pause()
+        screen.query_one(TabbedContent).active = "tab-loss"
+        await pilot.pause()
+        charts = {c.metric.key: c for c in screen.query(ScoreCurve)}
+        assert charts["face_distance"].points == () and charts["face_distance"].best is None
+        assert "no face in the curve's images" in str(charts["face_distance"].border_title)
+        assert [y for _, y in charts["clip_score"].points] == [0.111, 0.109, 0.110]
+        assert [y for _, y in charts["faceless"].points] == [3, 3, 3]
+        note = str(screen.query_one("#curve-note", Static).render())
+        assert "no face distance and no best step" in note and "random-weight model" in note
 
 
 async def test_detail_of_a_failed_run_says_why(workspace) -> None:

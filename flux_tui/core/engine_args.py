@@ -63,6 +63,9 @@ def generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", metavar="RUN_OR_FILE",
                    help="a run folder, LoRA folder or .safetensors file (repeat to merge several)")  # fmt: skip
     p.add_argument("--weights", help="one weight per --lora, comma-separated (default 1 each), e.g. 0.8,0.7")
+    p.add_argument("--step", choices=("best",),
+                   help="use each --lora run's best step (lora/best/, from its score curve); RUN@best says it "
+                        "for one run")  # fmt: skip
     p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the first run's eval prompts)")
     p.add_argument("--fuse", action="store_true", help="fuse the weighted LoRAs into the model's weights")
     p.add_argument("--images", type=int, default=1, help="images per prompt, seeds SEED, SEED+1, ... (default: 1)")

@@ -4,7 +4,8 @@
         every evaluation prompt x guidance scale x image index of the run, with fixed seeds, into
         samples/eval/ (and samples/eval/checkpoint-N/ per checkpoint with `eval_checkpoints`)
     python -m flux_tui.engine.generate --lora runs/a --lora runs/b --weights 0.8,0.7 --prompt "..." [--fuse]
-        the study's two-person photos: several runs' LoRAs as weighted adapters, into --out
+        the study's two-person photos: several runs' LoRAs as weighted adapters, into --out; a run's best
+        step's LoRA (lora/best/) is `--lora runs/a@best`, or `--step best` for every --lora
 
 The pipeline and the LoRA handling are `engine.pipeline`; the grid of a run is the evaluation's generate
 stage (`engine.evaluate.generate_run`); every PNG carries its metadata (`engine.imagemeta`).
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_tui.core.engine_args import generate_args
-from flux_tui.core.runs import RunDir
+from flux_tui.core.runs import RunDir, split_lora_ref
 from flux_tui.engine import score as scoring
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.evaluate import generate_run
@@ -66,9 +67,9 @@ def _default_out(runs: Sequence[RunDir], label: str, weights: Sequence[float], f
 
 def generate_with_loras(args: argparse.Namespace) -> int:
     """Free generation: --prompt(s) x --images with one or more LoRAs merged by weight."""
-    loras = [resolve_lora(p) for p in args.lora]
+    loras = [resolve_lora(p, args.step) for p in args.lora]
     weights = _parse_weights(args.weights, len(loras))
-    runs = [RunDir(Path(p).expanduser()) for p in args.lora]
+    runs = [RunDir(split_lora_ref(p)[0]) for p in args.lora]
     cfg = _common_config([r for r in runs if r.exists()])
     base = args.base_model or cfg.get("base_model")
     if not base:

@@ -91,7 +91,7 @@ def resolve_lora(path: str | Path, step: str | None = None) -> tuple[Path, str |
     p, suffix = split_lora_ref(path)
     step = step or suffix
     if step is not None:
-        return _step_lora(RunDir(p), step), RunDir(p).name
+        return _step_lora(RunDir(p), step), f"{RunDir(p).name}@{step}"
     if p.is_file():
         return p, None
     run = RunDir(p)

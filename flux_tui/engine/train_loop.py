@@ -77,7 +77,7 @@ def _evaluate(curve: Curve | None, step: int) -> str | None:
     if curve is None or not curve.due(step):
         return None
     curve.evaluate(step)
-    reason = curve.stop_reason()
+    reason = curve.stop_reason() if step < curve.s.max_train_steps else None  # the last step: not early
     if reason:
         curve.record_stop(step, reason)
         return f"stopped early at step {step} of {curve.s.max_train_steps}: {reason}"

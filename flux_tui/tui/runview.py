@@ -13,9 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flux_tui.core import analysis
+from flux_tui.core import curve as curves
 from flux_tui.core.config import Experiment
 from flux_tui.core.fsutil import TailReader
-from flux_tui.core.metrics import BY_KEY, FACELESS
+from flux_tui.core.metrics import BY_KEY, FACE_DISTANCE, FACELESS
 from flux_tui.core.runs import STAGES, RunDir, Status
 
 _UNSET = object()
@@ -100,10 +102,28 @@ class RunView:
     checkpoints: tuple[int, ...] = ()
     scores: dict[str, Any] | None = None
     queue_pos: int | None = None
+    curve: tuple[dict[str, Any], ...] = ()  # the score curve as the trainer records it (core.curve)
+    early_stop: dict[str, Any] | None = None
 
     @property
     def state(self) -> str:
         return self.status.state
+
+    @property
+    def score_curve(self) -> list[dict[str, Any]]:
+        """The score curve: live from the events, else as scores.json keeps it (a folder without events)."""
+        return list(self.curve) or curves.points((self.scores or {}).get("curve"))
+
+    @property
+    def best_step(self) -> int | None:
+        """The curve's best step by the leaderboard's rule (None: no curve, or no face along it)."""
+        return analysis.best_step(self.score_curve)
+
+    @property
+    def curve_without_faces(self) -> bool:
+        """A curve was scored, but no image along it had a face (the demo's random model)."""
+        curve = self.score_curve
+        return bool(curve) and all(curves.value(p, FACE_DISTANCE) is None for p in curve)
 
     @property
     def latest_sample(self) -> tuple[SampleSet, int] | None:
@@ -159,6 +179,7 @@ class RunTracker:
         self._ckpts: list[int] = []
         self._last_step: dict[str, Any] = {}
         self._attempts: list[dict[str, Any]] = []
+        self._curve = curves.CurveReader()
 
     def set_experiment(self, experiment: Experiment) -> None:
         """The study file changed: judge staleness against this experiment from the next poll on."""
@@ -203,6 +224,8 @@ class RunTracker:
                 samples=tuple(v for _, v in sorted(self._samples.items())),
                 eval_images=tuple(self._eval),
                 checkpoints=tuple(self._ckpts),
+                curve=tuple(self._curve.curve),
+                early_stop=self._curve.early_stop,
             )
         if not changes:
             return False
@@ -284,7 +307,7 @@ class RunTracker:
         elif kind == "checkpoint" and isinstance(ev.get("step"), int):
             self._ckpts.append(ev["step"])
         else:
-            return False
+            return self._curve.apply(ev)
         return True
 
 

@@ -1,4 +1,5 @@
-"""One run in full: resolved config, stage timeline, loss curve, scores with the per-prompt table, the grid of
+"""One run in full: resolved config, stage timeline, loss curve with the score curve beside it (the scores at
+the steps evaluated while training, the best step marked), scores with the per-prompt table, the grid of
 evaluation images labelled with their prompts, intermediate samples by step, and any image full size."""
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from flux_tui.tui.runview import (
     samples_on_disk,
 )
 from flux_tui.tui.screens.base import StudyScreen
+from flux_tui.tui.widgets.curveplot import CurvePanel
 from flux_tui.tui.widgets.images import FULL_PX, FittedImage, Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.widgets.keybar import KeyBar
 from flux_tui.tui.widgets.lossplot import LossPlot
@@ -227,8 +229,9 @@ class RunDetailScreen(StudyScreen):
                     yield Static(id="status")
                     yield Static(id="timeline")
                 yield DataTable(id="config", cursor_type="row", zebra_stripes=True)
-            with TabPane("Loss", id="tab-loss"):
+            with TabPane("Loss", id="tab-loss"), Horizontal(id="loss-row"):
                 yield LossPlot(id="loss-full")
+                yield CurvePanel(id="curve-panel")
             with TabPane("Scores", id="tab-scores"), Vertical():
                 yield Static(id="scores-summary")
                 yield DataTable(id="per-prompt", cursor_type="row", zebra_stripes=True)
@@ -310,6 +313,9 @@ class RunDetailScreen(StudyScreen):
             Text("stage timeline\n", style="bold") + timeline_text(view)
         )
         self.query_one("#loss-full", LossPlot).set_points(view.losses, f"loss · {self.run_name}")
+        stop = view.early_stop or (view.scores or {}).get("early_stop")
+        self.query_one(CurvePanel).show_curve(view.score_curve, view.best_step, view.curve_without_faces,
+                                              stop if isinstance(stop, dict) else None)  # fmt: skip
         self.query_one("#scores-summary", Static).update(scores_text(view.scores, view.state))
         self._fill_per_prompt(view)
         self._refresh_images(view)

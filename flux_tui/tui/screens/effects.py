@@ -1,6 +1,7 @@
 """Each hyperparameter's effect: one tab per hyperparameter with the one-line readings, a terminal chart
 per score (each comparison a line: the score against the hyperparameter's values, the others held fixed),
-and the runs each comparison is made of."""
+and the runs each comparison is made of. The steps tab adds the analysis within runs: where each run's
+score curve was best, and how far the last step moved from it."""
 
 from __future__ import annotations
 
@@ -122,6 +123,21 @@ def comparisons_text(effect: Effect) -> Text:
     return text
 
 
+STEPS = "max_train_steps"
+
+
+def within_runs_text(readings: list[str]) -> Text:
+    """The steps tab's within-run analysis: each run's score curve, beside the comparison across runs."""
+    text = Text("Within runs ", style="bold") + Text(f"(each run's score curve; best step: {analysis.STEP_RULE}):\n",
+                                                      style="dim")  # fmt: skip
+    if not readings:
+        return text + Text("  no run has a score curve of two or more evaluated steps yet (eval_every)", style="dim")
+    for line in readings:
+        name, _, rest = line.partition(": ")
+        text += Text(f"  {name}: ", style="bold") + Text(rest + "\n")
+    return text
+
+
 class EffectsScreen(OutcomeScreen):
     DEFAULT_CSS = """
     EffectsScreen #fx-tabs { height: 1fr; }  /* the tabs scroll inside, the note above stays in view */
@@ -129,6 +145,7 @@ class EffectsScreen(OutcomeScreen):
     EffectsScreen .fx-readings { height: auto; margin: 0 0 1 0; }
     EffectsScreen .fx-charts { height: auto; }
     EffectsScreen .fx-runs { height: auto; margin: 1 0 0 0; }
+    EffectsScreen #fx-within { height: auto; margin: 1 0 0 0; }
     EffectsScreen #fx-note { height: auto; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
@@ -150,15 +167,19 @@ class EffectsScreen(OutcomeScreen):
                     yield Static(classes="fx-readings")
                     yield Horizontal(classes="fx-charts")
                     yield Static(classes="fx-runs")
+                    if key == STEPS:
+                        yield Static(id="fx-within")
         yield KeyBar()
 
     @work(thread=True, exclusive=True)
     def action_reload(self) -> None:
-        effects = analysis.all_effects(results.collect(self.study))
-        self.app.call_from_thread(self.show_effects, effects)
+        records = results.collect(self.study)
+        effects = analysis.all_effects(records)
+        self.app.call_from_thread(self.show_effects, effects, analysis.steps_readings(records))
 
-    async def show_effects(self, effects: list[Effect]) -> None:
+    async def show_effects(self, effects: list[Effect], within: list[str] | None = None) -> None:
         self.effects = effects
+        self.query_one("#fx-within", Static).update(within_runs_text(within or []))
         tabs = self.query_one(TabbedContent)
         found = 0
         for effect in effects:

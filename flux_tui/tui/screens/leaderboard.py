@@ -1,5 +1,6 @@
 """The leaderboard: finished runs (the ablation's pseudo-runs too) with their scores, sortable by each score,
-the best value of each column marked, and the top picks by the study's rule. `space` selects runs and
+the best value of each column marked, the best step of each run's score curve (`best@`, in colour when it
+came before the last step), and the top picks by the study's rule. `space` selects runs and
 `v` opens them side by side in the compare view."""
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Header, Static
 
 from flux_tui.core import analysis, results
+from flux_tui.core import curve as curves
 from flux_tui.core.config import Study
-from flux_tui.core.metrics import FACE_DISTANCE, N_IMAGES, SCORE_KEYS, SCORES, Metric, figures, metric
+from flux_tui.core.metrics import (
+    FACE_DISTANCE,
+    N_IMAGES,
+    NO_FACE,
+    SCORE_KEYS,
+    SCORES,
+    Metric,
+    figures,
+    metric,
+)
 from flux_tui.core.results import RunRecord
 from flux_tui.core.runs import DONE
 from flux_tui.tui.format import lr_text
@@ -29,7 +40,7 @@ NARROW = 120  # columns: below, the top picks leave out the hyperparameters (eac
 HYPERPARAMETER_COLUMNS = (("learning_rate", "lr"), ("lora_rank", "rank"), ("lora_alpha", "alpha"),
                           ("max_train_steps", "steps"), ("lr_scheduler", "scheduler"))  # fmt: skip
 # What a narrow terminal keeps, most wanted first; columns are dropped from the end until the rest fit.
-BOARD_PRIORITY = ("sel", "name", "face_distance", "clip_score", "faceless", "pick", "learning_rate", "lora_rank",
+BOARD_PRIORITY = ("sel", "name", "face_distance", "clip_score", "faceless", "pick", "best_step", "learning_rate", "lora_rank",
                   "max_train_steps", "identity_similarity", "number", "lora_alpha", "lr_scheduler", "kind",
                   N_IMAGES)  # fmt: skip
 
@@ -37,7 +48,8 @@ BOARD_PRIORITY = ("sel", "name", "face_distance", "clip_score", "faceless", "pic
 def column_labels() -> dict[str, str]:
     """Every column's key and header, in table order."""
     return {"sel": " ", "number": "#", "name": "run", "kind": "kind", **dict(HYPERPARAMETER_COLUMNS),
-            **{m.key: m.header + " ▼" for m in SCORES}, N_IMAGES: metric(N_IMAGES).heading, "pick": "pick"}  # fmt: skip
+            **{m.key: m.header + " ▼" for m in SCORES}, N_IMAGES: metric(N_IMAGES).heading, "best_step": "best@",
+            "pick": "pick"}  # fmt: skip
 
 
 def board_rows(records: list[RunRecord]) -> list[RunRecord]:
@@ -70,6 +82,17 @@ def score_cell(r: RunRecord, m: Metric, best: dict[str, float]) -> Text:
     if m.key in best and v == best[m.key]:
         return Text(f"{text} {BEST}", style="bold green", justify="right")
     return Text(f"{text}  ", justify="right")
+
+
+def best_step_cell(r: RunRecord) -> Text:
+    """The best step of the run's score curve (of its final step: plain; earlier: marked), "no face" when no
+    image along the curve had one, "-" without a curve."""
+    points = curves.points((r.scores or {}).get("curve"))
+    best = analysis.best_step(points)
+    if best is not None:
+        last = points[-1]["step"]
+        return Text(str(best), style="" if best == last else "bold cyan", justify="right")
+    return Text(NO_FACE if points else "-", style="dim", justify="right")
 
 
 def _sort_keys(reserved: str = "oqrv") -> dict[str, str]:
@@ -159,6 +182,7 @@ class LeaderboardScreen(OutcomeScreen):
             **{key: _hp(r, key) for key, _ in HYPERPARAMETER_COLUMNS},
             **{m.key: score_cell(r, m, best) for m in SCORES},
             N_IMAGES: metric(N_IMAGES).format((r.scores or {}).get(N_IMAGES), missing=""),
+            "best_step": best_step_cell(r),
             "pick": Text(f"{BEST}{picks[r.name]}", style="bold yellow") if r.name in picks else "",
         }
         return cells

@@ -21,10 +21,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Header, Input, Label, ProgressBar, SelectionList, Static
 
+from flux_tui.core import analysis
+from flux_tui.core import curve as curves
 from flux_tui.core.config import Study
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, metric
 from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
-from flux_tui.core.runs import RunDir
+from flux_tui.core.runs import BEST, KIND_EXPERIMENT, RunDir
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
@@ -43,19 +45,24 @@ class EngineEvent(Message):
         self.event = event
 
 
-def lora_runs(study: Study) -> list[tuple[str, Path, str]]:
-    """(run name, run folder, description) of every run folder holding a trained LoRA."""
+def lora_runs(study: Study) -> list[tuple[str, str, str]]:
+    """(name, what the engine loads, description) of every run folder holding a trained LoRA, and after it
+    the LoRA of its best step (`exp03@best`, lora/best/) when its score curve chose one."""
     root = study.workspace.runs_dir
     out = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         run = RunDir(path)
         source = run.lora_source() if run.exists() else None
-        if source is not None and source.is_file():
-            cfg = run.config()
-            lr = cfg.get("learning_rate")
-            desc = f"lr {lr_text(lr) if isinstance(lr, int | float) else '?'} · rank {cfg.get('lora_rank', '?')} · " \
-                   f"steps {cfg.get('max_train_steps', '?')}"  # fmt: skip
-            out.append((run.name, path, desc))
+        if source is None or not source.is_file():
+            continue
+        cfg = run.config()
+        lr = cfg.get("learning_rate")
+        desc = f"lr {lr_text(lr) if isinstance(lr, int | float) else '?'} · rank {cfg.get('lora_rank', '?')} · " \
+               f"steps {cfg.get('max_train_steps', '?')}"  # fmt: skip
+        out.append((run.name, str(path), desc))
+        if run.kind == KIND_EXPERIMENT and run.best_lora_file.is_file():
+            best = analysis.best_step(curves.points((run.scores() or {}).get("curve")))
+            out.append((f"{run.name}@{BEST}", f"{path}@{BEST}", f"its best step, {best if best else '?'} · {desc}"))
     return out
 
 
@@ -185,7 +192,7 @@ class PlaygroundScreen(StudyScreen):
         loras = self.query_one("#pg-loras", SelectionList)
         found = lora_runs(self.study)
         for name, path, desc in found:
-            loras.add_option((f"{name}  {desc}", str(path)))
+            loras.add_option((f"{name}  {desc}", path))
         if found:
             loras.highlighted = 0  # so the first space on the list toggles a row
         else:

@@ -1,4 +1,5 @@
-"""The experiment matrix: one row per experiment, its hyperparameters, its run's progress and its scores.
+"""The experiment matrix: one row per experiment, its hyperparameters, its run's progress and its scores,
+and the best step of its score curve (`best@`, live while it trains).
 
 Sortable by any column (`s`, or a click on a header; again to reverse), filtered by text, the best score of
 each score column marked. Rows are keyed by run name, so the cursor stays on its run through re-sorts.
@@ -88,6 +89,13 @@ def _eta(_: Experiment, v: RunView) -> str:
     return duration(v.eta_s) if v.state == RUNNING and v.eta_s is not None else ""
 
 
+def _best_step(_: Experiment, v: RunView) -> str:
+    """The score curve's best step; "no face" when the curve's images have none (so no step can be chosen)."""
+    if v.best_step is not None:
+        return str(v.best_step)
+    return NO_FACE if v.curve_without_faces else ""
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("number", "#", 3, lambda e, v: e.number, lambda e, v: str(e.number)),
     Column("name", "name", None, lambda e, v: e.name, lambda e, v: e.name),
@@ -103,6 +111,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("sec_per_step", "s/step", 6, lambda e, v: v.sec_per_step, lambda e, v: _num(v.sec_per_step, ".2f"), dynamic=True),
     Column("eta", "ETA", 6, lambda e, v: v.eta_s if v.state == RUNNING else None, _eta, dynamic=True),
     *(score_column(m) for m in HEADLINE),
+    Column("best_step", "best@", len(NO_FACE), lambda e, v: v.best_step, _best_step, dynamic=True),
 )  # fmt: skip
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 # What a narrow terminal keeps, most wanted first: which run and how it is doing, its scores, the
