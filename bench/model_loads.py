@@ -69,7 +69,9 @@ def run_one(ws: Path, name: str, trace: Path) -> tuple[int, float]:
     cmd = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace),
            sys.executable, "-m", "flux_tui.engine.train", str(ws / "runs" / name)]  # fmt: skip
     t0 = time.perf_counter()
-    code = subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # From the workspace: `python -m` puts the current folder first on sys.path, so a checkout's folder
+    # would shadow the code PYTHONPATH names.
+    code = subprocess.call(cmd, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return code, time.perf_counter() - t0
 
 
