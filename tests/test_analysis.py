@@ -149,6 +149,10 @@ def test_the_steps_analysis_reads_each_runs_curve_beside_the_across_run_one(stud
         "at 20 (stopped early at step 20 of 30)"
     )
     assert analysis.steps_reading("one", {"curve": demo["curve"][:1]}) is None
+    flat = {"curve": [{"step": 10, "face_distance": 0.700}, {"step": 20, "face_distance": 0.703}]}
+    assert analysis.steps_reading("flat", flat) == (
+        "flat: face distance best at step 10 (0.7000), within 0.005 at 20 (no clear change)"
+    )  # a difference below the metric's noise is not read as overfitting
     text = report.write_report(recs, tmp_path / "report").read_text()
     steps = text[text.index("### steps"):text.index("### scheduler")]
     assert "- exp03: face distance best at step 750 (0.7200), worse by 0.0400 at 1000" in steps

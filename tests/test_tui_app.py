@@ -81,8 +81,8 @@ async def test_sort_from_the_keyboard_and_again_to_reverse(workspace) -> None:
         await pilot.press("s")
         assert isinstance(app.screen, ChoiceScreen)
         keys = [o.id for o in app.screen.query_one("OptionList").options]
-        assert keys[-3:] == ["face_distance", "clip_score", "faceless"]
-        await pilot.press("end", "up", "up", "enter")
+        assert keys[-4:] == ["face_distance", "clip_score", "faceless", "best_step"]
+        await pilot.press("end", "up", "up", "up", "enter")
         await pilot.pause()
         order = matrix(app).visible_names()
         assert order[:2] == ["exp01", "exp02"]  # 0.7571 < 0.7933; runs without a score after

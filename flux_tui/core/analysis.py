@@ -145,6 +145,8 @@ def _compared(key: str, best: Mapping[str, Any], last: Mapping[str, Any]) -> str
     worse = diff > 0 if m.lower_is_better else diff < 0
     if diff == 0:
         return head + f", the same at {last['step']}"
+    if m.change(a, b) == 0:
+        return head + f", within {m.noise:g} at {last['step']} (no clear change)"
     if not worse:  # only where the rule set the step aside (more faceless images than the median)
         faceless = last.get(FACELESS)
         return head + f", better by {m.format(abs(diff))} at {last['step']} but with {faceless} faceless image(s)"

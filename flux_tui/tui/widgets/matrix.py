@@ -117,7 +117,7 @@ COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 # What a narrow terminal keeps, most wanted first: which run and how it is doing, its scores, the
 # hyperparameters the study varies; then the rest. Columns are dropped from the end until the rest fit.
 PRIORITY = ("name", "state", "progress", "loss", "face_distance", "clip_score", "lr", "rank", "faceless", "steps",
-            "eta", "number", "group", "scheduler", "alpha", "sec_per_step")  # fmt: skip
+            "best_step", "eta", "number", "group", "scheduler", "alpha", "sec_per_step")  # fmt: skip
 CELL_PADDING = 1  # DataTable's, each side of a cell
 NAME_MAX = 24
 
