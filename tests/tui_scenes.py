@@ -160,7 +160,7 @@ SCENES = [
     Scene("kill_dialog", "A second x offers SIGKILL", kill_dialog),
     Scene("help", "Help: every key", help_screen),
     Scene("detail_overview", "Run detail: resolved config, status, stage timeline", _detail("tab-overview")),
-    Scene("detail_loss", "Run detail: full loss curve", _detail("tab-loss")),
+    Scene("detail_loss", "Run detail: the loss, and the score curve with its best step", _detail("tab-loss")),
     Scene("detail_scores", "Run detail: scores and the per-prompt table", _detail("tab-scores")),
     Scene("detail_eval", "Run detail: evaluation images labelled with their prompts", _detail("tab-eval")),
     Scene("detail_samples", "Run detail: intermediate samples by step", _detail("tab-samples")),
