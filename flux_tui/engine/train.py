@@ -82,6 +82,9 @@ def train_lora(run: RunDir, settings: Settings, device: str, owner: OwnedRun, mo
     training = train_model.build(run, settings, prepared, device)
     images = train_eval.TrainedImages(run, settings, prepared, training)
     curve = train_eval.Curve.start(run, settings, training, images, models) if models else None
+    if models is None and settings.eval_interval:
+        log("curve: off with --no-eval (no evaluation while training"
+            + (", so no early stopping)" if settings.early_stop_patience else ")"))
     stopped = train_loop.train(run, settings, prepared, training, owner, images, curve)
     train_loop.export(run, settings, training)
     if curve is not None:
