@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -21,6 +20,7 @@ from flux_tui.core.metrics import HEADLINE, metric, noise_rule
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 _FIXED_LABELS = {
     "learning_rate": "lr",
@@ -140,6 +140,7 @@ class EffectsScreen(OutcomeScreen):
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(study, **kwargs)
         self.effects: list[Effect] = []
+        self._generation = 0  # the newest reload: an older one that finishes later draws nothing
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -152,12 +153,18 @@ class EffectsScreen(OutcomeScreen):
                     yield Static(classes="fx-runs")
         yield KeyBar()
 
-    @work(thread=True, exclusive=True)
     def action_reload(self) -> None:
-        effects = analysis.all_effects(results.collect(self.study))
-        self.app.call_from_thread(self.show_effects, effects)
+        self._generation += 1
+        self._load(self._generation)
 
-    async def show_effects(self, effects: list[Effect]) -> None:
+    @background(group="effects")
+    def _load(self, generation: int) -> None:
+        effects = analysis.all_effects(results.collect(self.study))
+        self.app.call_from_thread(self.show_effects, effects, generation)
+
+    async def show_effects(self, effects: list[Effect], generation: int | None = None) -> None:
+        if generation is not None and generation != self._generation:
+            return
         self.effects = effects
         tabs = self.query_one(TabbedContent)
         found = 0
@@ -169,6 +176,8 @@ class EffectsScreen(OutcomeScreen):
             pane.query_one(".fx-readings", Static).update(readings_text(effect))
             charts = pane.query_one(".fx-charts", Horizontal)
             await charts.remove_children()
+            if generation is not None and generation != self._generation:
+                return  # reloaded meanwhile: the newer one draws
             if effect.comparisons:
                 await charts.mount_all(EffectChart(effect, m.key) for m in HEADLINE)
             pane.query_one(".fx-runs", Static).update(comparisons_text(effect))

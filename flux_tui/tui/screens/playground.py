@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Header, Input, Label, ProgressBar, SelectionList, Static
 
 from flux_tui.core.config import Study
+from flux_tui.core.fsutil import is_file
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, metric
 from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
 from flux_tui.core.runs import RunDir
@@ -29,6 +30,7 @@ from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
           "score": "scoring", "reference": "embedding reference photos"}  # fmt: skip
@@ -50,7 +52,7 @@ def lora_runs(study: Study) -> list[tuple[str, Path, str]]:
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         run = RunDir(path)
         source = run.lora_source() if run.exists() else None
-        if source is not None and source.is_file():
+        if source is not None and is_file(source):
             cfg = run.config()
             lr = cfg.get("learning_rate")
             desc = f"lr {lr_text(lr) if isinstance(lr, int | float) else '?'} · rank {cfg.get('lora_rank', '?')} · " \
@@ -202,7 +204,7 @@ class PlaygroundScreen(StudyScreen):
             "cache_dir": str(self.study.workspace.cache_dir),
         })  # fmt: skip
 
-    @work(thread=True, exclusive=True, group="engine-start")
+    @background(group="engine-start")
     def _start_engine(self, settings: dict[str, Any]) -> None:
         assert self.client is not None
         self.client.start()
@@ -275,7 +277,7 @@ class PlaygroundScreen(StudyScreen):
         )  # fmt: skip
         self._show_image(Path(e["path"]))
 
-    @work(thread=True, exclusive=True, group="image")
+    @background(group="image")
     def _show_image(self, path: Path) -> None:
         image = load_thumbnail(path, IMAGE_PX)
         self.app.call_from_thread(self._set_image, image)
