@@ -134,7 +134,7 @@ def test_a_damaged_run_is_never_launched(damaged) -> None:
         before = sorted((p.name, p.stat().st_mtime_ns) for p in run.path.iterdir())
         with pytest.raises(runs.DamagedRunError, match=f"run {name!r} is damaged") as info:
             runs.prepare(study, study.get(name))
-        assert "aside to start it afresh" in str(info.value)
+        assert f"flux-tui reset {name}" in str(info.value)
         assert sorted((p.name, p.stat().st_mtime_ns) for p in run.path.iterdir()) == before  # nothing touched
 
 

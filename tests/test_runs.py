@@ -221,7 +221,7 @@ def test_a_damaged_status_of_a_done_run_says_so_and_what_the_folder_still_shows(
     assert st.started_at is not None and st.finished_at == 5.0  # the times the events and scores keep
     assert run.reconcile() == st and run.status_json.read_bytes() == damage  # shown, never written back
     before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()}
-    with pytest.raises(runs.DamagedRunError, match="is damaged .*status.json unreadable.*aside to start it afresh"):
+    with pytest.raises(runs.DamagedRunError, match="is damaged .*status.json unreadable.*flux-tui reset a"):
         runs.prepare(study, study.experiments[0])
     assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()} == before  # nothing touched
 

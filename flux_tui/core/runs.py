@@ -445,7 +445,8 @@ class RunDir:
 def repair_hint(run: RunDir, files: list[str]) -> str:
     """How the user decides about a damaged run."""
     which = " or ".join(files) or "the damaged file"
-    return f"To launch it again, fix or delete its {which}, or move {run.path} aside to start it afresh."
+    return (f"To launch it again, fix or delete its {which}, or reset it (`R` in the dashboard, or flux-tui "
+            f"reset {run.name}: the folder moves to runs/.old/, nothing is deleted) to start it afresh.")
 
 
 def _recover(run: RunDir, status: Read[Status], meta: Read[dict[str, Any]]) -> Status:
