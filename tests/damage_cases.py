@@ -80,7 +80,10 @@ def _status_kinds() -> dict[str, str]:
         if f.name in ("state", "damage", "recovered"):  # state: cases of its own
             continue
         t = str(f.type)
-        kinds[f.name] = ("list" if "Texts" in t else "time" if "Time" in t else "count" if "Pid" in t
+        if "Evaluation" in t:
+            kinds[f.name] = "dict"
+            continue
+        kinds[f.name] = ("list" if "Texts" in t else "time" if "Time" in t else "count" if "Pid" in t or "Count" in t
                          else "int" if "Int" in t else "str")  # fmt: skip
     return kinds
 

@@ -60,7 +60,10 @@ State = Annotated[str, Field(strict=True), AfterValidator(_known_state)]
 
 
 class Evaluation(TypedDict, total=False):
-    """status.json's `evaluation`: the last standalone evaluation's own record (validated like the rest)."""
+    """status.json's `evaluation`: the last standalone evaluation's own record (validated like the rest; a key
+    it does not know means the record is not ours)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
     state: State
     stage: Text | None
