@@ -208,3 +208,24 @@ def test_the_command_messages_print_works_as_typed_with_or_without_flux_tui_on_p
         assert typed.returncode == 0 and "11 experiment(s)" in typed.stdout, (label, command, typed.stderr)
     assert said["on PATH"] == "flux-tui"
     assert said["off PATH"] == str(Path(scripts) / "flux-tui")  # the console script, by its absolute path
+
+
+def test_a_damaged_run_is_shown_refused_and_reset_from_a_shell(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "ws")
+    ws = tmp_path / "ws"
+    run = write_run(study, "exp01", "done", scores=scores_for(1, 0.7571, 0.2988))
+    run.status_json.write_text('{"state": "done", "finished_at": 17')  # cut short
+    out = queue_cli(ws, "status")
+    row = next(line for line in out.stdout.splitlines() if " exp01 " in line)
+    assert "damaged (done)" in row and "status.json unreadable" in row
+    js = {r["name"]: r for r in json.loads(queue_cli(ws, "status", "--json").stdout)}
+    assert (js["exp01"]["state"], js["exp01"]["recovered"]) == ("damaged", "done")
+    assert js["exp01"]["face_distance"] == 0.7571  # the scores are not lost with the status
+    submit = queue_cli(ws, "submit", "exp01")
+    assert submit.returncode != 0 and "exp01' is damaged" in submit.stdout + submit.stderr
+    assert "flux-tui reset exp01" in submit.stdout + submit.stderr
+    assert run.status_json.read_text() == '{"state": "done", "finished_at": 17'  # untouched
+    exported = {r["name"]: r for r in json.loads(flux_tui("export", "--format", "json", cwd=ws).stdout)}
+    assert exported["exp01"]["state"] == "damaged" and "status.json unreadable" in exported["exp01"]["problems"]
+    assert flux_tui("reset", "exp01", cwd=ws).returncode == 0
+    assert RunDir(ws / "runs" / "exp01").status().state == "new"

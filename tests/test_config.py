@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -213,6 +215,19 @@ BAD = [
                  id="no-curve-prompts"),
     pytest.param(GOOD_HEAD + 'checkpoint_eval_prompts = ["a photo", ""]\n', 8, "checkpoint_eval_prompts",
                  "item 2 is empty", id="blank-curve-prompt"),
+    # What would pass here and fail later (a file name too long, a NaN loss, a model that cannot take the size):
+    pytest.param(GOOD_HEAD.replace('"a"', '"' + "a" * 300 + '"'), 6, "name", "run name too long (300 characters, at most 80", id="name-too-long"),
+    pytest.param(GOOD_HEAD.replace('"a"', '"' + "a" * 81 + '"'), 6, "name", "run name too long (81", id="name-81"),
+    pytest.param(GOOD_HEAD.replace("1e-4", "nan"), 7, "learning_rate", "expected a number > 0, got NaN", id="lr-nan"),
+    pytest.param(GOOD_HEAD.replace("1e-4", "inf"), 7, "learning_rate", "expected a number > 0, got Infinity", id="lr-inf"),
+    pytest.param(GOOD_HEAD + "lora_dropout = nan\n", 8, "lora_dropout", "got NaN", id="dropout-nan"),
+    pytest.param(GOOD_HEAD + "guidance_scales = [3.5, 0.5]\n", 8, "guidance_scales", "numbers >= 1, got 0.5", id="guidance-below-1"),
+    pytest.param(GOOD_HEAD + "guidance_scale = 0.0\n", 8, "guidance_scale", ">= 1, got 0.0", id="train-guidance-below-1"),
+    pytest.param(GOOD_HEAD + "resolution = 8\n", 8, "resolution", "multiple of 16 (try 16)", id="resolution-too-small"),
+    pytest.param(GOOD_HEAD + "eval_resolution = 24\n", 8, "eval_resolution", "multiple of 16 (try 16 or 32)", id="eval-resolution"),
+    pytest.param(GOOD_HEAD + 'number = 2\n\n[[experiment]]\nname = "b"\nnumber = 1\n\n[[experiment]]\nname = "c"\n', 14, "number", "experiment number 2 (counted on from the row before) is taken by 'a'", id="implicit-number-collides"),
+    pytest.param(GOOD_HEAD + '\n[[experiment]]\nname = "z"\nnumber = 3\n\n[[experiment]]\nname = "y"\nnumber = 2\n\n[[sweep]]\nlora_rank = [4]\n', 17, "[[sweep]] #1.number", "experiment number 3 (counted on from the row before) is taken by 'z'", id="sweep-number-collides"),
+    pytest.param(GOOD_HEAD + '\n[[sweep]]\nname = "' + "s" * 78 + '"\nlora_rank = [4]\n', 10, "name", "give it a shorter name", id="sweep-names-too-long"),
 ]  # fmt: skip
 
 
@@ -334,3 +349,159 @@ def test_scheduler_names_match_diffusers() -> None:
     from diffusers.optimization import SchedulerType
 
     assert set(config.SCHEDULERS) == {s.value for s in SchedulerType}
+
+
+# -- what passes check must not fail later ------------------------------------------------------------
+
+
+def check(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flux_tui.main", "check", str(path), *args], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_HEAD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert config.load(path).names == ["a"]
+
+
+def test_a_study_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD_HEAD)
+    path.write_bytes(path.read_bytes().replace(b'"a"', b'"caf\xe9"'))  # Latin-1, as an old editor saves it
+    proc = check(path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{path}:6: not UTF-8 text: byte 0xe9 at column 12" in proc.stderr
+
+
+def test_a_folder_or_a_fifo_given_as_the_study_file_is_a_problem(tmp_path: Path) -> None:
+    proc = check(tmp_path)
+    assert proc.returncode == 2 and f"{tmp_path}: cannot read: a folder" in proc.stderr
+    fifo = tmp_path / "study.toml"
+    os.mkfifo(fifo)
+    proc = check(fifo)  # reading it would wait for a writer forever
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def check_as_a_teammate(path: Path) -> subprocess.CompletedProcess:
+    """`flux-tui check` as an ordinary user (nobody): root may read and write anything, a teammate may not."""
+    if os.geteuid() != 0:
+        return check(path)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot check as an ordinary user")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return subprocess.run([*drop, sys.executable, "-m", "flux_tui.main", "check", str(path)], capture_output=True,
+                          text=True, timeout=60, cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder others may read (pytest's tmp folders are private to their owner), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="flux-tui-shared-"))
+    folder.chmod(0o755)  # readable by a teammate, writable only by its owner
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_a_study_file_without_read_permission_is_a_problem(shared_dir: Path) -> None:
+    path = write(shared_dir, GOOD_HEAD)
+    path.chmod(0)
+    proc = check_as_a_teammate(path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: cannot read: Permission denied" in proc.stderr and "Traceback" not in proc.stderr
+    path.chmod(0o644)  # readable now; but the teammate cannot write beside it, and check says so too
+    proc = check_as_a_teammate(path)
+    assert "cannot read" not in proc.stderr
+    if os.geteuid() == 0:
+        assert f"[workspace].runs_dir: folder {shared_dir / 'runs'} cannot be created: {shared_dir} is not " \
+               "writable" in proc.stderr
+
+
+def test_runs_dir_or_cache_dir_that_cannot_be_a_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the runs would go")
+    path = write(tmp_path, GOOD_HEAD + '\n[workspace]\nruns_dir = "taken"\ncache_dir = "taken/cache"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    found = sorted((p.line, p.key, p.message.split(" (")[0]) for p in info.value.problems)
+    assert found == [
+        (10, "[workspace].runs_dir", f"{tmp_path / 'taken'} is not a folder"),
+        (11, "[workspace].cache_dir", f"folder {tmp_path / 'taken/cache'} cannot be created: {tmp_path / 'taken'} "
+         "is not a folder"),
+    ]  # fmt: skip
+    proc = check(path)
+    assert proc.returncode == 2 and f"{path}:10: [workspace].runs_dir:" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # check creates nothing
+
+
+def test_runs_dir_where_the_user_may_not_write_is_an_error(shared_dir: Path) -> None:
+    path = write(shared_dir, GOOD_HEAD + '\n[workspace]\nruns_dir = "/flux-tui-runs"\n')
+    path.chmod(0o644)
+    proc = check_as_a_teammate(path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}:10: [workspace].runs_dir: folder /flux-tui-runs cannot be created: / is not writable" in proc.stderr
+
+
+def test_paths_that_do_not_exist_are_warnings_and_hub_ids_are_not_paths(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "photos.txt").write_text("not a folder")
+    body = GOOD_HEAD.replace('data_dir = "photos"', 'data_dir = "photos.txt"\nbase_model = "./models/flux"\n'
+                             'clip_model = "models/clip/v1"\nface_weights = "weights"')  # fmt: skip
+    study = config.load(write(tmp_path, body))
+    found = {w.key: (w.line, w.message.split(" (")[0]) for w in study.warnings}
+    assert found == {
+        "[defaults].data_dir": (2, f"{tmp_path / 'photos.txt'} is not a folder"),
+        "[defaults].base_model": (3, f"folder {tmp_path / 'models/flux'} does not exist"),
+        "[defaults].clip_model": (4, f"folder {tmp_path / 'models/clip/v1'} does not exist"),
+        "[defaults].face_weights": (5, f"{tmp_path / 'weights'} is not a file"),
+    }
+    # `org/name` (one slash, no leading ./) is a hub id: not resolved, not checked on disk.
+    hub = config.load(write(tmp_path, GOOD_HEAD + 'base_model = "black-forest-labs/FLUX.1-dev"\n'))
+    assert hub.experiments[0].settings.base_model == "black-forest-labs/FLUX.1-dev" and hub.warnings == []
+    assert config.is_local_path("models/flux", tmp_path) is False
+    (tmp_path / "models" / "flux").mkdir(parents=True)
+    assert config.is_local_path("models/flux", tmp_path) is True  # a folder that exists beside the file
+
+
+def test_a_resolution_too_small_for_a_local_models_vae_is_an_error(tmp_path: Path) -> None:
+    vae = tmp_path / "models" / "big-vae" / "vae"
+    vae.mkdir(parents=True)
+    (vae / "config.json").write_text('{"block_out_channels": [8, 8, 16, 16, 32]}')  # 5 blocks: factor 16
+    body = GOOD_HEAD.replace("resolution = 512", 'resolution = 48\nbase_model = "./models/big-vae"')
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, body))
+    (problem,) = info.value.problems
+    assert (problem.line, problem.key) == (3, "[defaults].resolution")
+    assert "48 px does not fit the model: its VAE needs a multiple of 32 px per side (try 32)" in problem.message
+    assert config.vae_factor(str(tmp_path / "models" / "big-vae")) == 16
+    assert config.vae_factor("black-forest-labs/FLUX.1-dev") == 8  # a hub id: FLUX.1's VAE
+
+
+def test_sweep_names_keep_every_significant_digit(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [defaults]
+        data_dir = "photos"
+        [[sweep]]
+        name = "lr"
+        learning_rate = [1e-4, 1.5e-4, 2.25e-5, 0.0123456789, 0.5, 1e-3]
+        """)  # fmt: skip
+    study = config.load(path)
+    assert study.names == ["lr-lr1e-4", "lr-lr1.5e-4", "lr-lr2.25e-5", "lr-lr0.0123456789", "lr-lr0.5", "lr-lr1e-3"]
+
+
+def test_string_settings_are_swept_and_named_by_their_position(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [defaults]
+        data_dir = "photos"
+        [[sweep]]
+        name = "s"
+        base_model = ["black-forest-labs/FLUX.1-dev", "org/other-flux"]
+        instance_prompt = ["a photo of cr7man", "cr7man, a footballer"]
+        lr_scheduler = ["constant", "cosine"]
+        eval_prompts = [["a photo of cr7man"], ["cr7man smiling", "cr7man in a suit"]]
+        """)  # fmt: skip
+    study = config.load(path)
+    assert len(study.names) == 16 and len(set(study.names)) == 16
+    assert study.names[0] == "s-base_model1-instance_prompt1-constant-eval_prompts1"
+    assert study.names[-1] == "s-base_model2-instance_prompt2-cosine-eval_prompts2"
+    last = study.experiments[-1].settings
+    assert (last.base_model, last.instance_prompt, last.eval_prompts) == (
+        "org/other-flux", "cr7man, a footballer", ["cr7man smiling", "cr7man in a suit"])

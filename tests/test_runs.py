@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flux_tui.core import config, launch, procs, runs
+from flux_tui.core import config, launch, procs, runlock, runs
 from flux_tui.core.fsutil import TailReader, atomic_write_json
 
 STUDY_TOML = """
@@ -69,7 +69,8 @@ def test_status_merges_and_survives_a_corrupt_file(tmp_path: Path) -> None:
     assert (st.state, st.queued_at, st.message) == (runs.QUEUED, 1.0, "waiting for a GPU")
     assert not list(run.path.glob(".status.json.*"))  # no temp files left behind
     run.status_json.write_text('{"state": "runn')  # a torn file (not ours: ours are atomic)
-    assert run.status().state == runs.NEW
+    st = run.status()
+    assert st.state == runs.DAMAGED and "status.json unreadable" in (st.damage or "")
     # Unknown keys from a newer version are ignored, not fatal.
     atomic_write_json(run.status_json, {"state": "done", "future_field": 1})
     assert run.status().state == runs.DONE
@@ -191,3 +192,82 @@ def test_a_missing_data_folder_is_an_error_at_launch(study: config.Study, tmp_pa
     with pytest.raises(runs.LaunchError, match=r"run 'a': data_dir .*photos does not exist"):
         runs.prepare(study, study.experiments[0])
     assert not study.workspace.runs_dir.exists()  # nothing written
+
+
+# -- damaged folders: say so, lose nothing, launch nothing --------------------------------------------
+
+
+def done_and_scored(study: config.Study) -> runs.RunDir:
+    run = runs.prepare(study, study.experiments[0])
+    run.mark_started("train")
+    run.append_event("stage", stage="train")
+    run.append_event("step", step=20, total=20, loss=0.1)
+    run.append_event("stage", stage="score")
+    atomic_write_json(run.scores_json, {"face_distance": 0.71, "clip_score": 0.3, "faceless": 0, "scored_at": 5.0})
+    run.mark_finished(runs.DONE)
+    return run
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"state": "do', b"\x00garbage", b"[]", b'{"state": "done", "pid": "x"}'])
+def test_a_damaged_status_of_a_done_run_says_so_and_what_the_folder_still_shows(
+    study: config.Study, damage: bytes
+) -> None:
+    run = done_and_scored(study)
+    run.status_json.write_bytes(damage)
+    st = run.status()
+    assert (st.state, st.recovered, st.label) == (runs.DAMAGED, runs.DONE, "damaged (done)")
+    assert st.damage.startswith("status.json unreadable")
+    assert "events.jsonl reached step 20/20" in st.message and "scores.json holds its scores" in st.message
+    assert st.started_at is not None and st.finished_at == 5.0  # the times the events and scores keep
+    assert run.reconcile() == st and run.status_json.read_bytes() == damage  # shown, never written back
+    before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()}
+    with pytest.raises(runs.DamagedRunError, match="is damaged .*status.json unreadable.*flux-tui reset a"):
+        runs.prepare(study, study.experiments[0])
+    assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()} == before  # nothing touched
+
+
+def test_a_lost_status_with_events_is_damaged_and_without_them_new(study: config.Study) -> None:
+    run = done_and_scored(study)
+    run.status_json.unlink()
+    st = run.status()
+    assert st.state == runs.DAMAGED and st.damage == "status.json is missing" and st.recovered == runs.DONE
+    assert runs.RunDir(run.path.parent / "other").status().state == runs.NEW  # nothing says it ran
+
+
+def test_a_truncated_run_json_no_longer_hides_changed_settings(study: config.Study, tmp_path: Path) -> None:
+    run = done_and_scored(study)
+    run.run_json.write_text(run.run_json.read_text()[:40])
+    st = run.status()
+    assert st.state == runs.DAMAGED and st.recovered == runs.DONE and st.damage.startswith("run.json unreadable")
+    (tmp_path / "experiments.toml").write_text(STUDY_TOML + "lora_rank = 4\n")
+    changed = config.load(tmp_path / "experiments.toml")
+    with pytest.raises(runs.DamagedRunError, match="run.json"):
+        runs.prepare(changed, changed.experiments[0])  # before: run.json rewritten, the old settings lost
+    assert len(run.run_json.read_text()) == 40
+    with pytest.raises(ValueError, match="run.json holds no settings"):  # a trainer never falls back on defaults
+        config.settings_from_dict(run.config())
+
+
+def test_a_live_run_whose_status_is_lost_reads_running_from_its_lock(study: config.Study) -> None:
+    run = runs.prepare(study, study.experiments[0])
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    fd = runlock.acquire(run.path, pid=owner.pid)  # as launch.start hands it to the trainer
+    try:
+        run.mark_started("train", pid=owner.pid)
+        run.append_event("stage", stage="train")
+        run.status_json.write_text("{garbage")
+        st = run.status()
+        assert (st.state, st.pid, st.stage) == (runs.RUNNING, owner.pid, "train")
+        assert "status.json unreadable" in st.damage
+        assert run.reconcile().state == runs.RUNNING  # not failed: its owner is alive
+        # The owner writes on: the damaged file is kept aside, never lost.
+        run.write_status(stage="generate")
+        assert (run.status().state, run.status().stage, run.status().damage) == (runs.RUNNING, "generate", None)
+        (aside,) = run.path.glob("status.json.damaged-*")
+        assert aside.read_text() == "{garbage"
+    finally:
+        os.close(fd)
+        owner.kill()
+        owner.wait()
+    run.status_json.unlink()
+    assert run.status().state == runs.DAMAGED  # the lock is free: nothing runs it, and its events say it ran

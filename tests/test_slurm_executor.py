@@ -293,6 +293,21 @@ def test_a_job_cancelled_outside_flux_tui_is_cancelled_and_not_resubmitted(slurm
     assert jobs_in_log(run) == [job] and not jobs_under(slurm_root)
 
 
+def test_a_pending_job_cancelled_outside_flux_tui_leaves_the_run_cancelled_not_queued(
+    slurm_root: Path, slurm_cluster: Cluster
+) -> None:
+    """The job never ran, so no queue step: whoever looks next learns it from Slurm."""
+    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
+    assert cli(study, "submit", "a").returncode == 0
+    run = run_of(study, "a")
+    job = run.status().job_id
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    wait_for(lambda: job_ended(job), 30, "the job to end")
+    row = json.loads(cli(study, "status", "--json").stdout)[0]
+    assert (row["state"], row["job_id"]) == (CANCELLED, job)
+    assert row["message"] == f"Slurm job {job} was cancelled before its trainer started (scancel outside flux-tui)"
+
+
 def test_a_job_that_ends_before_its_trainer_starts_fails_the_run_and_the_queue_goes_on(slurm_root: Path) -> None:
     study = make_study(slurm_root, ["a", "b"], 'max_jobs = 1\nsetup = "no-such-module-command load cuda"')
     assert cli(study, "submit", "--all").returncode == 0

@@ -143,3 +143,36 @@ def test_a_resumed_run_has_one_attempt_per_launch_and_only_checkpoints_on_disk(t
     assert lines[4].split() == ["prepare", "+0s", "10s"]  # its own start, not +0s for a stage an hour later
     assert lines[-1].endswith("total 3m20s in 2 attempts")  # 100 s + 100 s; the hour stopped is not training
     assert "checkpoints 30\n" in str(status_text(view, run))  # 10 and 20 were deleted by the limit
+
+
+def test_bad_records_and_scores_are_left_out_and_named(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.write_status(state="done")
+    run.append_event("step", step=1, total=2, loss=0.9)
+    with open(run.events_jsonl, "a") as fh:
+        fh.write('{"type": "step", "step": "two", "loss": 0.8}\nnot json\n')
+    run.append_event("step", step=2, total=2, loss=0.7)
+    atomic_write_json(run.scores_json, {"face_distance": 0.7, "faceless": 4.0, "faceless_images": 3})
+    t = RunTracker(run)
+    t.poll()
+    v = t.view
+    assert v.losses == ((1, 0.9), (2, 0.7))
+    assert v.events_problem == "events.jsonl: 2 record(s) skipped (line 2: step: Input should be a valid integer (got 'two'))"
+    assert (v.faceless, v.score("face_distance")) == (4, 0.7)  # a count written as 4.0 is a count
+    assert "faceless_images" in v.scores_problem and "faceless_images" not in v.scores
+    assert len(v.problems) == 2
+
+
+def test_a_status_recovered_from_the_lock_is_read_again_until_the_lock_goes(tmp_path: Path) -> None:
+    import os
+
+    from flux_tui.core import runlock
+
+    run = RunDir(tmp_path / "runs" / "r")
+    run.append_event("stage", stage="train")
+    fd = runlock.acquire(run.path)
+    t = RunTracker(run)
+    t.poll()
+    assert t.view.state == "running" and t.view.status.damage == "status.json is missing"
+    os.close(fd)  # the trainer ended, and no file changed
+    assert t.poll() is True and t.view.state == "damaged"

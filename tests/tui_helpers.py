@@ -3,6 +3,7 @@ runs in every state, written through RunDir as the trainer and the evaluation wr
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import subprocess
@@ -92,11 +93,16 @@ def make_study(root: Path, runs_per_gpu: int = 1) -> config.Study:
     return config.load(root / "experiments.toml")
 
 
-def face_image(seed: int, size: int = 64) -> Image.Image:
-    """A real photo (scikit-image's astronaut), cropped differently per seed, so thumbnails show a face."""
+@functools.cache
+def _astronaut() -> Image.Image:
     from skimage import data
 
-    im = Image.fromarray(data.astronaut())
+    return Image.fromarray(data.astronaut())
+
+
+def face_image(seed: int, size: int = 64) -> Image.Image:
+    """A real photo (scikit-image's astronaut), cropped differently per seed, so thumbnails show a face."""
+    im = _astronaut()
     off = (seed * 17) % 60
     return im.crop((120 + off, 20 + off // 2, 320 + off, 220 + off // 2)).resize((size, size))
 

@@ -143,9 +143,11 @@ def _view(key: str, *keys: str) -> Callable[[Pilot], Awaitable[None]]:
         await pilot.pause(0.3)
         await pilot.press(key)
         await pilot.pause(0.5)
+        await pilot.app.workers.wait_for_complete()  # the view's load is done before the next key acts on it
         for k in keys:
             await pilot.press(k)
             await pilot.pause(0.1)
+            await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.7)
         await _images_loaded(pilot)
 

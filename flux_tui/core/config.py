@@ -12,10 +12,13 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
 import shutil
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,7 +48,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 class Settings(BaseModel):
     """Every training and evaluation setting of one run. Keys follow the study and diffusers' script."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)  # nan, inf: no
 
     # -- model and data
     base_model: str = Field("black-forest-labs/FLUX.1-dev", description="a hub id or a local folder")
@@ -77,7 +80,7 @@ class Settings(BaseModel):
     mixed_precision: Literal[PRECISIONS] = Field("bf16", description=f"one of {', '.join(PRECISIONS)}")  # type: ignore[valid-type]
     quantize: Literal[QUANTIZE] = Field("none", description=f"one of {', '.join(QUANTIZE)}")  # type: ignore[valid-type]
     gradient_checkpointing: bool = Field(True, description="true or false")
-    guidance_scale: float = Field(3.5, ge=0, description="the guidance embedding used in training, >= 0")
+    guidance_scale: float = Field(3.5, ge=1, description="the guidance embedding used in training, >= 1")
     weighting_scheme: Literal[WEIGHTING] = Field("none", description=f"one of {', '.join(WEIGHTING)}")  # type: ignore[valid-type]
     max_sequence_length: PosInt = Field(512, le=512, description="an integer in 1..512")
     seed: int = Field(42, description="an integer")
@@ -89,8 +92,8 @@ class Settings(BaseModel):
     eval_prompts: list[str] = Field(
         default_factory=lambda: ["a photo of cr7man"], min_length=1, description="a non-empty list of prompts"
     )
-    guidance_scales: list[float] = Field(
-        default_factory=lambda: [5.0], min_length=1, description="a non-empty list of numbers"
+    guidance_scales: list[Annotated[float, Field(ge=1)]] = Field(
+        default_factory=lambda: [5.0], min_length=1, description="a non-empty list of numbers >= 1"
     )
     images_per_prompt: PosInt = Field(1, description="an integer >= 1")
     num_inference_steps: PosInt = Field(28, description="an integer >= 1")
@@ -158,11 +161,15 @@ EVAL_KEYS = frozenset(
     }
 )  # fmt: skip
 PATH_KEYS = ("data_dir", "face_weights")
+MODEL_KEYS = ("base_model", "clip_model")  # a hub id or a local folder (see is_local_path)
 ROW_KEYS = ("name", "number", "group", "description")
 WORKSPACE_KEYS = ("runs_dir", "cache_dir", "runs_per_gpu", "executor")
 EXECUTORS = ("local", "slurm")
 TOP_KEYS = ("workspace", "defaults", "experiment", "sweep", "slurm")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# A run's name is a folder name (runs/<name>/) and goes into other file names: its lock (<name>.lock), a
+# merge's folder (<a>+<b>-w<weights>). 80 characters keep all of them within a file system's 255 bytes.
+MAX_NAME_LEN = 80
 
 
 # Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
@@ -425,40 +432,82 @@ def _check_settings(col: _Collector, table: str, index: int, values: dict[str, A
         return None
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run (its folder), or None."""
+    if not NAME_RE.match(name) or ".." in name:
+        return (f"unsafe run name {name!r}: use letters, digits, '.', '_', '-', '+' "
+                "(it names a folder under runs/; no path separators or '..')")  # fmt: skip
+    if len(name) > MAX_NAME_LEN:
+        return (f"run name too long ({len(name)} characters, at most {MAX_NAME_LEN}: it names the run's folder "
+                f"and files): {name[:40]}...")  # fmt: skip
+    return None
+
+
+# A model setting (base_model, clip_model) is a hub id when it is shaped like one, `name` or `org/name`, and
+# names nothing beside the study file; anything else (a leading `/`, `.` or `~`, more than one `/`, a
+# folder that exists) is a local path, resolved from the file's folder. Write `./models/x` for a folder.
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_local_path(value: str, root: Path) -> bool:
+    """Whether a base_model/clip_model value names a local folder rather than a model hub id."""
+    if value.startswith((".", "/", "~")) or not HUB_ID_RE.match(value):
+        return True
+    return (root / value).exists()
+
+
+def _absolute(root: Path, value: str) -> str:
+    try:
+        return str((root / Path(value).expanduser()).resolve())
+    except (RuntimeError, OSError, ValueError):  # `~nobody/x`: no such user; a path too long or with NUL
+        return str(root / value)
+
+
 def _resolve_paths(values: dict[str, Any], root: Path) -> dict[str, Any]:
     out = dict(values)
     for key in PATH_KEYS:
         if key not in out and isinstance(Settings.model_fields[key].default, str):
             out[key] = Settings.model_fields[key].default  # a default path is relative to the file too
         if isinstance(out.get(key), str):
-            out[key] = str((root / Path(out[key]).expanduser()).resolve())
-    for key in ("base_model", "clip_model"):
+            out[key] = _absolute(root, out[key])
+    for key in MODEL_KEYS:
         v = out.get(key)
-        if isinstance(v, str) and (v.startswith((".", "/", "~")) or (root / v).is_dir()):
-            out[key] = str((root / Path(v).expanduser()).resolve())
+        if isinstance(v, str) and is_local_path(v, root):
+            out[key] = _absolute(root, v)
     return out
 
 
 def _fmt_value(v: Any) -> str:
+    """A swept value in a run's name, every significant digit kept (1.5e-4 is `1.5e-4`, never `2e-4`)."""
     if isinstance(v, list):
         return "+".join(_fmt_value(x) for x in v)
     if isinstance(v, float):
-        if v != 0 and abs(v) < 0.01:
-            mant, exp = f"{v:.0e}".split("e")
-            return f"{mant}e{int(exp)}"
-        return f"{v:g}"
+        if v != 0 and math.isfinite(v) and abs(v) < 0.01:
+            _, digits, exp = Decimal(repr(v)).normalize().as_tuple()
+            mant = "".join(map(str, digits))
+            power = len(digits) - 1 + int(exp)
+            return f"{'-' if v < 0 else ''}{mant[0]}{'.' + mant[1:] if len(mant) > 1 else ''}e{power}"
+        text = repr(v)
+        return text.removesuffix(".0")
     return str(v)
 
 
 _ABBREV = {"learning_rate": "lr", "lora_rank": "r", "lora_alpha": "a", "max_train_steps": "s", "resolution": "px",
            "guidance_scales": "g", "lr_warmup_steps": "w", "train_batch_size": "bs"}
+_WORD_RE = re.compile(r"^[A-Za-z0-9._+-]{1,24}$")  # a string value that can stand in a name as it is
 
 
-def _sweep_name(prefix: str, combo: dict[str, Any]) -> str:
+def _sweep_name(prefix: str, combo: dict[str, Any], row: dict[str, Any]) -> str:
+    """`grid-lr1.5e-4-r16`: the prefix and each varied value. A value that cannot stand in a file name (a
+    prompt, a hub id) is named by its place in the sweep's list: `base_model2`."""
     parts = [prefix] if prefix else []
     for key, value in combo.items():
         abbrev = _ABBREV.get(key, "" if key == "lr_scheduler" else key)
-        parts.append(f"{abbrev}{_fmt_value(value)}")
+        text = _fmt_value(value)
+        words = value if isinstance(value, list) else [value]
+        if any(isinstance(w, str) for w in words) and not all(_WORD_RE.match(str(w)) for w in words):
+            abbrev, text = key, str(row[key].index(value) + 1)
+        parts.append(f"{abbrev}{text}")
     return "-".join(parts)
 
 
@@ -466,6 +515,7 @@ def parse_text(text: str, file: Path) -> Study:
     """Parse and validate; raises ConfigError listing every problem. `file` locates relative paths."""
     file = Path(file)
     root = file.resolve().parent
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     data = _read_toml(text, file)
     col = _Collector(file, _Locator(text))
     for key in data:
@@ -481,7 +531,8 @@ def parse_text(text: str, file: Path) -> Study:
     if not rows and base is not None:
         # A file with only defaults is one experiment, named "default".
         experiments.append(Experiment(name="default", number=1, group="", settings=base))
-    _warn_missing_data(col, experiments, names, rows)
+    _check_paths(col, experiments, names, rows)
+    _check_model_sizes(col, experiments, names, rows)
     _dedupe_warnings(col)
     if col.errors:
         raise ConfigError(col.problems)
@@ -592,10 +643,11 @@ class _Names:
             name = row.get("name", f"exp{number:02d}")
         else:
             self.number = number = self.number + 1
-            name = _sweep_name(row.get("name", "sweep"), varied)
-        if not NAME_RE.match(name) or ".." in name:
-            col.add(kind, i, "name", f"unsafe run name {name!r}: use letters, digits, '.', '_', '-', '+' "
-                    "(it names a folder under runs/; no path separators or '..')")  # fmt: skip
+            name = _sweep_name(row.get("name", "sweep"), varied, row)
+        unsafe = name_problem(name)
+        if unsafe:
+            col.add(kind, i, "name", unsafe + (" (a sweep's runs are named after its `name` and the values they "
+                                               "vary: give it a shorter name)" if kind == "sweep" else ""))
             return None
         if name in self.origin:
             other = self.origin[name]
@@ -603,12 +655,15 @@ class _Names:
             col.add(kind, i, "name", f"duplicate run name {name!r} (also at line {other_line})")
             return None
         self.origin[name] = (kind, i)
-        if kind == "experiment" and "number" in row:
-            if number in self.numbers:
-                other = self.numbers[number]
+        if number in self.numbers:  # explicit or counted on from the row before: a number names one run
+            other = self.numbers[number]
+            if kind == "experiment" and "number" in row:
                 col.add(kind, i, "number", f"duplicate experiment number {number} (also {other!r})")
-                return None
-            self.numbers[number] = name
+            else:
+                col.add(kind, i, "number", f"experiment number {number} (counted on from the row before) is "
+                        f"taken by {other!r}: give the rows explicit, distinct numbers")  # fmt: skip
+            return None
+        self.numbers[number] = name
         return name, number
 
 
@@ -642,15 +697,63 @@ def _expand_row(
     return out
 
 
-def _warn_missing_data(col: _Collector, exps: list[Experiment], names: _Names, rows: list[Row]) -> None:
-    """A photo folder that does not exist is a warning (at the row that sets it, else at [defaults])."""
-    rows_by_origin = {(kind, i): row for kind, i, row in rows}
+def _where(exp: Experiment, key: str, names: _Names, rows: list[Row]) -> tuple[str, int]:
+    """The row that sets `key` for `exp`, else [defaults] (where a problem with its value is reported)."""
+    kind, i = names.origin.get(exp.name, ("defaults", 0))
+    row = next((r for k, j, r in rows if (k, j) == (kind, i)), {})
+    return (kind, i) if key in row else ("defaults", 0)
+
+
+def _path_problem(path: Path, want: str) -> str | None:
+    """Why `path` is not the `want` ("folder" or "file") a setting needs, or None."""
+    try:
+        if want == "folder" and path.is_dir() or want == "file" and path.is_file():
+            return None
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a loop of links
+        return f"{path} cannot be used: {exc.strerror or exc}"
+    return f"{path} is not a {want}" if exists else f"{want} {path} does not exist"
+
+
+def _check_paths(col: _Collector, exps: list[Experiment], names: _Names, rows: list[Row]) -> None:
+    """Paths that do not exist yet are warnings (they may be made before a launch), at the row that sets
+    them, else at [defaults]: the photo folder, a local base or CLIP model folder, the face weights file."""
     for exp in exps:
-        if not Path(exp.settings.data_dir).is_dir():
-            kind, i = names.origin.get(exp.name, ("defaults", 0))
-            kind_i = (kind, i) if "data_dir" in rows_by_origin.get((kind, i), {}) else ("defaults", 0)
-            col.add(*kind_i, "data_dir", f"folder {exp.settings.data_dir} does not exist "
-                    "(a warning now; launching a run will fail)", "warning")  # fmt: skip
+        s = exp.settings
+        wanted = [("data_dir", s.data_dir, "folder"), ("face_weights", s.face_weights, "file")]
+        wanted += [(k, getattr(s, k), "folder") for k in MODEL_KEYS if Path(getattr(s, k)).is_absolute()]
+        for key, value, want in wanted:
+            problem = _path_problem(Path(value), want) if value else None
+            if problem:
+                col.add(*_where(exp, key, names, rows), key, f"{problem} (a warning now; launching a run will "
+                        "fail)", "warning")  # fmt: skip
+
+
+FLUX_VAE_FACTOR = 8  # FLUX.1's VAE halves the image three times
+
+
+def vae_factor(base_model: str) -> int:
+    """How many pixels of a side one latent covers: 2**(VAE blocks - 1), from a local model's
+    vae/config.json, else FLUX.1's."""
+    try:
+        blocks = json.loads((Path(base_model) / "vae" / "config.json").read_text())["block_out_channels"]
+        return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and 0 < len(blocks) < 8 else FLUX_VAE_FACTOR
+    except (OSError, ValueError, KeyError, TypeError):
+        return FLUX_VAE_FACTOR
+
+
+def _check_model_sizes(col: _Collector, exps: list[Experiment], names: _Names, rows: list[Row]) -> None:
+    """Image sizes the model can take: FLUX packs 2x2 latents, so a side must be a multiple of twice the VAE's
+    factor (16 for FLUX.1), and at least that."""
+    factors: dict[str, int] = {}
+    for exp in exps:
+        s = exp.settings
+        step = 2 * factors.setdefault(s.base_model, vae_factor(s.base_model))
+        for key in ("resolution", "eval_resolution"):
+            v = getattr(s, key)
+            if v is not None and v % step:
+                col.add(*_where(exp, key, names, rows), key, f"{v} px does not fit the model: its VAE needs a "
+                        f"multiple of {step} px per side (try {max(step, v // step * step)})")  # fmt: skip
 
 
 # Keys whose value is itself a list: in a sweep they expand only when given a list of lists.
@@ -694,13 +797,40 @@ def _parse_workspace(col: _Collector, raw: Any, root: Path) -> Workspace | None:
         ok = False
     if not ok:
         return None
+    folders = {key: Path(_absolute(root, raw.get(key, default))) for key, default in DEFAULT_FOLDERS.items()}
+    for key, folder in folders.items():
+        problem = folder_problem(folder)
+        if problem:
+            col.add("workspace", 0, key, f"{problem} (flux-tui writes {WRITES[key]} there)")
     return Workspace(
         root=root,
-        runs_dir=(root / raw.get("runs_dir", "runs")).resolve(),
-        cache_dir=(root / raw.get("cache_dir", ".flux-tui/cache")).resolve(),
+        runs_dir=folders["runs_dir"],
+        cache_dir=folders["cache_dir"],
         runs_per_gpu=per_gpu,
         executor=executor,
     )
+
+
+DEFAULT_FOLDERS = {"runs_dir": "runs", "cache_dir": ".flux-tui/cache"}
+WRITES = {"runs_dir": "every run's folder", "cache_dir": "the encoded photos and prompts"}
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why flux-tui could not use (or create) `folder`, or None. Nothing is created here: `check` writes
+    nothing."""
+    try:
+        if folder.is_dir():
+            return None if os.access(folder, os.W_OK | os.X_OK) else f"folder {folder} is not writable"
+        if folder.exists() or folder.is_symlink():
+            return f"{folder} is not a folder"
+        parent = next(p for p in folder.parents if p.exists() or p.is_symlink())
+    except OSError as exc:
+        return f"folder {folder} cannot be used: {exc.strerror or exc}"
+    if not parent.is_dir():
+        return f"folder {folder} cannot be created: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"folder {folder} cannot be created: {parent} is not writable"
+    return None
 
 
 def _parse_slurm(col: _Collector, raw: Any, workspace: Workspace | None) -> SlurmSettings | None:
@@ -755,15 +885,33 @@ def _check_model(col: _Collector, table: str, model: type[BaseModel], values: di
 def load(path: str | Path = DEFAULT_FILE) -> Study:
     """Read and validate a study file. Raises ConfigError (with every problem) when it is unusable."""
     path = Path(path)
+    return parse_text(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """The study file's text (a UTF-8 byte-order mark is accepted), or ConfigError saying why it cannot be
+    read: missing, a folder or another non-file (a FIFO would block), no permission, not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(path, None, None, "file not found")]) from None
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise ConfigError([Problem(path, None, None, f"cannot read: {exc}")]) from None
-    return parse_text(text, path)
+        if not path.exists():
+            raise ConfigError([Problem(path, None, None, "file not found")])
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError([Problem(path, None, None, f"cannot read: {kind}; give the study file (TOML)")])
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(path, None, None, f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        message = f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {column}; save the file as UTF-8"
+        raise ConfigError([Problem(path, line, None, message)]) from None
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
-    """Rebuild the resolved settings stored in a run folder's run.json."""
+    """Rebuild the resolved settings stored in a run folder's run.json. Empty (run.json missing or damaged,
+    which `RunDir.config()` reads as {}) is an error: a trainer must never fill in defaults for them."""
+    if not data:
+        raise ValueError("run.json holds no settings (missing or damaged): nothing to train with")
     return Settings(**data)

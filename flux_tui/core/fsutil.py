@@ -90,6 +90,15 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def is_file(path: Path) -> bool:
+    """`path.is_file()` that says False, not raises, for a path a run's files named wrongly (a component too
+    long for a file name, a loop of links)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -12,6 +12,7 @@ from typing import Any
 
 from flux_tui.core.config import Study
 from flux_tui.core.metrics import EXPORT_KEYS
+from flux_tui.core.runfiles import EventProblems
 from flux_tui.core.runs import RunDir, Status, elapsed, run_dir
 
 HYPERPARAMETERS = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "lr_scheduler", "resolution")
@@ -29,6 +30,7 @@ class RunRecord:
     stale: str | None = None
     timings: dict[str, float | None] = field(default_factory=dict)
     run: RunDir | None = None
+    problems: list[str] = field(default_factory=list)  # what is wrong with its files (damage, bad values)
 
     def hp(self, key: str) -> Any:
         """A hyperparameter as the run used it (alpha unset means alpha = rank)."""
@@ -49,6 +51,7 @@ class RunRecord:
         row["guidance_scales"] = self.config.get("guidance_scales")
         row["state"] = self.status.state
         row["stale"] = self.stale or ""
+        row["problems"] = "; ".join(self.problems)
         row.update(self.timings)
         for key in ("started_at", "finished_at"):  # readable in a table, still parseable
             if isinstance(row.get(key), int | float):
@@ -58,8 +61,8 @@ class RunRecord:
         return row
 
 
-def _timings(run: RunDir, status: Status) -> dict[str, float | None]:
-    steps = list(run.iter_events("step"))
+def _timings(run: RunDir, status: Status, problems: EventProblems | None = None) -> dict[str, float | None]:
+    steps = list(run.iter_events("step", problems=problems))
     last = steps[-1] if steps else {}
     return {
         "started_at": status.started_at,
@@ -78,6 +81,9 @@ TRAINING_HP = ("learning_rate", "lora_rank", "lora_alpha", "max_train_steps", "l
 def record(run: RunDir, *, number: int | None = None, group: str = "", stale: str | None = None) -> RunRecord:
     meta = run.read_run() or {}
     status = run.status()
+    scores = run.read_scores()
+    events = EventProblems()
+    timings = _timings(run, status, events)
     kind = meta.get("kind", "experiment")
     cfg = dict(meta.get("config", {}))
     number = number if number is not None else meta.get("number")
@@ -92,10 +98,11 @@ def record(run: RunDir, *, number: int | None = None, group: str = "", stale: st
         kind=kind,
         config=cfg,
         status=status,
-        scores=run.scores(),
+        scores=scores.value,
         stale=stale,
-        timings=_timings(run, status),
+        timings=timings,
         run=run,
+        problems=[p for p in (status.damage, scores.problem, events.text()) if p],
     )
 
 

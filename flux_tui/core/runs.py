@@ -25,22 +25,30 @@ run without a training of its own (an ablation pseudo-run) shows the evaluation'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict  # pydantic validates only this one on Python 3.11
 
 from flux_tui.core import curve as curves
-from flux_tui.core import procs, runlock
+from flux_tui.core import procs, runfiles, runlock
 from flux_tui.core.config import EVAL_KEYS, Experiment, Study
-from flux_tui.core.fsutil import append_jsonl, atomic_write_json, iter_jsonl, read_json
+from flux_tui.core.fsutil import append_jsonl, atomic_write_json
+from flux_tui.core.runfiles import Count, Int, Pid, Read, Text, Texts, Time
 
 # States a run can be in. `new` is a run with no folder (or no status yet).
 NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM = "new", "queued", "running", "done", "failed", "cancelled", "oom"
-STATES = (NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM)
+STATES = (NEW, QUEUED, RUNNING, DONE, FAILED, CANCELLED, OOM)  # what status.json may say
+# Never written: a run whose status.json or run.json cannot be used (or whose status.json is missing while
+# its events or scores say it ran). Launching it is refused until the user decides.
+DAMAGED = "damaged"
 FINISHED = frozenset({DONE, FAILED, CANCELLED, OOM})
 STAGES = ("prepare", "train", "generate", "score")
 KIND_EXPERIMENT, KIND_ABLATION = "experiment", "ablation"  # run.json "kind"; absent means experiment
@@ -48,34 +56,64 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name for a LoRA in 
 BEST = "best"  # `runs/exp03@best`: the LoRA of a run's best step
 
 
+def _known_state(v: str) -> str:
+    if v not in STATES:
+        raise ValueError(f"expected one of {', '.join(STATES)}")
+    return v
+
+
+State = Annotated[str, Field(strict=True), AfterValidator(_known_state)]
+
+
+class Evaluation(TypedDict, total=False):
+    """status.json's `evaluation`: the last standalone evaluation's own record (validated like the rest; a key
+    it does not know means the record is not ours)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    state: State
+    stage: Text | None
+    pid: Pid | None
+    started_at: Time | None
+    finished_at: Time | None
+    device: Text | None
+    exit_code: Int | None
+    message: Text
+READ_ONLY = ("damage", "recovered")  # Status fields found when reading, never written to status.json
+
+
 @dataclass
 class Status:
-    state: str = NEW
-    stage: str | None = None
-    pid: int | None = None
-    pgid: int | None = None
-    process_start: float | None = None  # psutil create_time of `pid`, to tell a reused pid apart
-    host: str | None = None
-    queued_at: float | None = None
-    started_at: float | None = None
-    updated_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    message: str = ""
-    log_tail: list[str] = field(default_factory=list)
-    device: str | None = None  # "cpu" or "cuda:N" (the physical GPU index)
-    executor: str | None = None  # which executor runs it ("local"; None: local, as before executors)
-    job_id: str | None = None  # the executor's handle where it has one (a batch job); local runs: None
-    stop_signal: str | None = None  # "SIGKILL" when a stop killed it: whoever records the end says cancelled
-    queued_from: str | None = None  # the state it had when queued: taking it off the queue goes back to it
+    __pydantic_config__ = ConfigDict(allow_inf_nan=False)  # status.json is validated against these fields
+
+    state: State = NEW
+    stage: Text | None = None
+    pid: Pid | None = None
+    pgid: Pid | None = None
+    process_start: Time | None = None  # psutil create_time of `pid`, to tell a reused pid apart
+    host: Text | None = None
+    queued_at: Time | None = None
+    started_at: Time | None = None
+    updated_at: Time | None = None
+    finished_at: Time | None = None
+    exit_code: Int | None = None
+    message: Text = ""
+    log_tail: Texts = field(default_factory=list)
+    device: Text | None = None  # "cpu" or "cuda:N" (the physical GPU index)
+    executor: Text | None = None  # which executor runs it ("local"; None: local, as before executors)
+    job_id: Text | None = None  # the executor's handle where it has one (a batch job); local runs: None
+    stop_signal: Text | None = None  # "SIGKILL" when a stop killed it: whoever records the end says cancelled
+    queued_from: Text | None = None  # the state it had when queued: taking it off the queue goes back to it
     # The last standalone evaluation: {state, stage, pid, started_at, finished_at, device, exit_code, message}.
-    evaluation: dict[str, Any] | None = None
+    evaluation: Evaluation | None = None
     # A batch job's side (Slurm): what the batch system last said of `job_id` (PENDING, RUNNING, FAILED, ...)
     # and why (Resources, PartitionDown, ...), and how far the run was when the job was submitted (the newest
     # checkpoint's step), so a run that its time limit stopped is resubmitted only while it gets further.
-    job_state: str | None = None
-    job_reason: str | None = None
-    job_from_step: int | None = None
+    job_state: Text | None = None
+    job_reason: Text | None = None
+    job_from_step: Count | None = None
+    damage: str | None = None  # why the folder's record cannot be trusted (status.json or run.json unusable)
+    recovered: str | None = None  # for a damaged run: the state its other files show (scores.json: done)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Status:
@@ -92,10 +130,22 @@ class Status:
         """A standalone evaluation owns the run now (or did, if its process vanished)."""
         return self.state == RUNNING and (self.evaluation or {}).get("state") == RUNNING
 
+    def to_file(self) -> dict[str, Any]:
+        """What status.json holds (the fields found on reading left out)."""
+        return {k: v for k, v in asdict(self).items() if k not in READ_ONLY}
+
     @property
     def label(self) -> str:
-        """What a table shows: the state, with the stage while running (`running:train`)."""
-        return f"{self.state}:{self.stage}" if self.state == RUNNING and self.stage else self.state
+        """What a table shows: the state, with the stage while running (`running:train`), with what a damaged
+        run's files still show (`damaged (done)`)."""
+        if self.state == RUNNING and self.stage:
+            return f"{self.state}:{self.stage}"
+        if self.state == DAMAGED and self.recovered:
+            return f"{self.state} ({self.recovered})"
+        return self.state
+
+
+STATUS_FILE: TypeAdapter[Status] = TypeAdapter(Status)
 
 
 class RunDir:
@@ -133,11 +183,12 @@ class RunDir:
 
     # -- config
     def read_run(self) -> dict[str, Any] | None:
-        data = read_json(self.run_json)
-        return data if isinstance(data, dict) else None
+        """run.json, validated; None when it is missing or unusable (`status()` then says `damaged`)."""
+        return runfiles.read_run(self.run_json).value
 
     def config(self) -> dict[str, Any]:
-        """The resolved settings the run was (or will be) trained with."""
+        """The resolved settings the run was (or will be) trained with; {} when run.json is missing or
+        damaged (`status()` then says `damaged`, and `config.settings_from_dict` refuses {})."""
         run = self.read_run() or {}
         return dict(run.get("config", {}))
 
@@ -193,16 +244,34 @@ class RunDir:
         return f"{which} settings changed since it ran: {', '.join(train or keys)}"
 
     # -- status
+    def _read_status(self) -> Read[Status]:
+        read = runfiles.read_strict(self.status_json, STATUS_FILE, required=("state",))
+        if read.value is None:
+            return read
+        return Read(replace(read.value, damage=None, recovered=None), True)
+
     def status(self) -> Status:
-        return Status.from_dict(read_json(self.status_json))
+        """The run's state. status.json when it and run.json are sound; else what can be told without them:
+        `running` while a live process holds the run's lock, `damaged` (with the reason and what the events
+        and scores still show) when the files cannot be trusted, `new` when nothing says the run ever ran."""
+        read = self._read_status()
+        run = runfiles.read_run(self.run_json)
+        if read.value is not None and not run.damaged:
+            return read.value
+        return _recover(self, read, run)
 
     def write_status(self, **changes: Any) -> Status:
-        """Merge `changes` into status.json, written atomically. Returns the new status."""
-        current = asdict(self.status())
-        current.update(changes)
-        current["updated_at"] = time.time()
-        status = Status.from_dict(current)
-        atomic_write_json(self.status_json, asdict(status))
+        """Merge `changes` into status.json, written atomically. Returns the new status. A damaged status.json
+        is kept aside (status.json.damaged-<time>) rather than overwritten: nothing is lost."""
+        read = self._read_status()
+        current = read.value if read.value is not None else self.status()
+        if current.state == DAMAGED:
+            current = replace(current, state=current.recovered or NEW, message="")
+        if read.damaged:
+            _set_aside(self.status_json)
+        data = {**current.to_file(), **changes, "updated_at": time.time()}
+        status = Status.from_dict({k: v for k, v in data.items() if k not in READ_ONLY})
+        atomic_write_json(self.status_json, status.to_file())
         return status
 
     def mark_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
@@ -301,8 +370,11 @@ class RunDir:
 
     def reconcile(self) -> Status:
         """A run marked running whose process is gone, and which nobody owns any more (so nobody is left to
-        record how it ended), is failed with the reason, or cancelled when a stop killed it."""
+        record how it ended), is failed with the reason, or cancelled when a stop killed it. A status recovered
+        from a damaged folder is only shown, never written back."""
         status = self.status()
+        if status.damage:
+            return status
         if status.state == RUNNING and not self.is_process_alive(status) and not self.is_owned():
             finish = self.mark_evaluation_finished if status.evaluating else self.mark_finished
             if status.stop_signal:
@@ -315,12 +387,26 @@ class RunDir:
 
     # -- events, logs, results
     def events(self) -> list[dict[str, Any]]:
-        return list(iter_jsonl(self.events_jsonl))
+        return list(self.iter_events())
 
-    def iter_events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
-        for ev in iter_jsonl(self.events_jsonl):
-            if kind is None or ev.get("type") == kind:
-                yield ev
+    def iter_events(self, kind: str | None = None, problems: runfiles.EventProblems | None = None) -> Iterator[dict[str, Any]]:
+        """The records of events.jsonl that validate (`runfiles.parse_event`); the others are skipped (and
+        counted in `problems`). A half-written last line is skipped too."""
+        try:
+            fh = open(self.events_jsonl, encoding="utf-8", errors="replace")  # noqa: SIM115 - generator owns it
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        with fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                ev, why = runfiles.parse_event(line)
+                if ev is None:
+                    if problems is not None and line.endswith("\n"):
+                        problems.add(line_no, why or "")
+                    continue
+                if kind is None or ev.get("type") == kind:
+                    yield ev
 
     def append_event(self, kind: str, **data: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -337,9 +423,12 @@ class RunDir:
             return []
         return lines[-n:]
 
+    def read_scores(self) -> Read[dict[str, Any]]:
+        """scores.json validated: its sound values, and in `problem` what was left out or why it is unusable."""
+        return runfiles.read_scores(self.scores_json)
+
     def scores(self) -> dict[str, Any] | None:
-        data = read_json(self.scores_json)
-        return data if isinstance(data, dict) else None
+        return self.read_scores().value
 
     def checkpoints(self) -> list[Path]:
         """Saved checkpoints, oldest first (by step)."""
@@ -373,6 +462,85 @@ class RunDir:
         return ckpts[-1] if ckpts else None
 
 
+# -- what a damaged folder still tells ---------------------------------------------------------------
+
+
+def repair_hint(run: RunDir, files: list[str]) -> str:
+    """How the user decides about a damaged run."""
+    which = " or ".join(files) or "the damaged file"
+    return (f"To launch it again, fix or delete its {which}, or reset it (`R` in the dashboard, or flux-tui "
+            f"reset {run.name}: the folder moves to runs/.old/, nothing is deleted) to start it afresh.")
+
+
+def _recover(run: RunDir, status: Read[Status], meta: Read[dict[str, Any]]) -> Status:
+    """The status of a run whose status.json is missing or unusable, or whose run.json is unusable."""
+    problems = [r.problem for r in (status, meta) if r.damaged and r.problem]
+    found = _evidence(run)
+    owner = runlock.holder(run.path)
+    if not status.present and (found["ran"] or owner is not None):
+        problems.insert(0, "status.json is missing")
+    base = status.value or Status()
+    if owner is not None:  # a live process owns the run: it runs, whatever its files say
+        pid = owner or base.pid
+        live = base if base.state == RUNNING else Status(stage=found["stage"], started_at=found["started_at"])
+        return replace(live, state=RUNNING, pid=pid, pgid=_pgid(pid) if pid else None,
+                       damage="; ".join(problems) or None)  # fmt: skip
+    if not problems:
+        return base  # no status yet and nothing says it ran: new
+    recovered = base.state if status.value is not None else found["state"]
+    said = "; ".join(found["said"]) or "nothing else in the folder says how far it got"
+    files = [name for name, r in (("status.json", status), ("run.json", meta)) if r.damaged]
+    return replace(
+        base if status.value is not None else Status(started_at=found["started_at"], finished_at=found["finished_at"]),
+        state=DAMAGED, damage="; ".join(problems), recovered=recovered,
+        message=f"What the folder still says: {said}. {repair_hint(run, files or ['status.json'])}",
+    )  # fmt: skip
+
+
+def _evidence(run: RunDir) -> dict[str, Any]:
+    """What events.jsonl, scores.json and the LoRA say of a run: whether it ran, how far, and the state they
+    prove (scores: it was evaluated, so done)."""
+    said: list[str] = []
+    first = last = stage = step = None
+    for ev in run.iter_events():
+        first = first or ev
+        last = ev
+        if ev["type"] == "stage":
+            stage = ev["stage"]
+        elif ev["type"] == "step":
+            step = ev
+    if step is not None:
+        said.append(f"events.jsonl reached step {step['step']}" + (f"/{step['total']}" if step.get("total") else ""))
+    if stage:
+        said.append(f"its last stage was {stage}")
+    scores = run.read_scores()
+    if scores.value:
+        said.append("scores.json holds its scores (it was evaluated: done)")
+    elif run.lora_file.exists():
+        said.append("its LoRA was exported (trained, not evaluated)")
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:
+        said.append(f"its newest checkpoint is {ckpt.name}")
+    finished = (scores.value.get("scored_at") or (last or {}).get("t")) if scores.value else None
+    return {
+        "ran": first is not None or scores.present, "said": said, "stage": stage,
+        "state": DONE if scores.value else None,
+        "started_at": (first or {}).get("t"), "finished_at": finished,
+    }  # fmt: skip
+
+
+def _set_aside(path: Path) -> None:
+    """Keep a damaged file beside its replacement (`<name>.damaged-<time>`), never delete it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    with contextlib.suppress(OSError):  # gone meanwhile, or a folder in its place: the write will say so
+        os.replace(path, target)
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -404,6 +572,9 @@ def prepare(study: Study, experiment: Experiment) -> RunDir:
             "there or point data_dir at them"
         )
     run = run_dir(study, experiment.name)
+    status = run.status()
+    if status.state == DAMAGED:
+        raise DamagedRunError(run, status)
     stored = run.read_run()
     if stored is None or not run.lora_file.exists() and not run.checkpoints():
         run.write_run(experiment, study)
@@ -425,6 +596,15 @@ class StaleRunError(LaunchError):
             f"run {run.name!r} was trained with other settings ({reason}); reset it (`R` in the dashboard, or "
             f"`flux-tui reset {run.name}`: its folder moves to runs/.old/) or give the experiment a new name"
         )
+
+
+class DamagedRunError(LaunchError):
+    """The run's folder cannot be trusted (status.json or run.json unusable): nothing starts it until the
+    user has looked."""
+
+    def __init__(self, run: RunDir, status: Status):
+        self.run = run
+        super().__init__(f"run {run.name!r} is damaged ({status.damage}); it was not started. {status.message}")
 
 
 def elapsed(status: Status, now: float | None = None) -> float | None:

@@ -43,6 +43,9 @@ def _row(rec: RunRecord, st: Status, queue_position: int | None) -> dict[str, An
         "job_reason": st.job_reason if st.job_id else None,  # why it waits (Resources, Priority, ...)
         "queue_position": queue_position if st.state == QUEUED else None,
         "message": st.message,
+        "damage": st.damage,  # why a `damaged` run's status.json or run.json cannot be trusted
+        "recovered": st.recovered,  # the state its other files prove (done: scores.json holds scores)
+        "problems": rec.problems,  # what is wrong with its files, damage included
         "started_at": st.started_at,
         "finished_at": st.finished_at,
         **{key: _number((rec.scores or {}).get(key)) for key in SCORE_KEYS},
@@ -60,6 +63,8 @@ def to_json(table: list[dict[str, Any]]) -> str:
 
 def _cell(row: dict[str, Any]) -> list[str]:
     state = f"{row['state']}:{row['stage']}" if row["stage"] else row["state"]
+    if row["recovered"]:
+        state += f" ({row['recovered']})"
     if row["queue_position"]:
         state += f" #{row['queue_position']}"
     step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
@@ -67,7 +72,8 @@ def _cell(row: dict[str, Any]) -> list[str]:
     device = ":".join(d for d in (row["node"], row["device"]) if d)  # node7:cuda:0 for a batch job
     scored = any(row[key] is not None for key in SCORE_KEYS)
     scores = [m.format(row[m.key], missing=NO_FACE if scored and m.needs_face else "") for m in HEADLINE]
-    note = row["message"] if len(row["message"]) <= NOTE_WIDTH else row["message"][: NOTE_WIDTH - 1] + "…"
+    note = row["damage"] or row["message"]  # a damaged run: the reason first (the JSON has the rest)
+    note = note if len(note) <= NOTE_WIDTH else note[: NOTE_WIDTH - 1] + "…"
     return [str(row["number"] or ""), row["name"], state, step, device, owner, *scores, note]
 
 

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 # textual-image queries the terminal's graphics support when imported: do it before the app owns the tty.
@@ -19,6 +20,7 @@ import textual_image.widget  # noqa: F401
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 
 from flux_tui.core import reset
 from flux_tui.core.config import Study
@@ -40,6 +42,7 @@ from flux_tui.tui.runview import RunGpu, RunView
 from flux_tui.tui.screens import VIEW_KEYS, VIEWS
 from flux_tui.tui.watcher import Watcher
 from flux_tui.tui.widgets.matrix import COLUMNS
+from flux_tui.tui.workers import append_log, describe, log_path
 
 
 class FluxApp(App[int]):
@@ -150,7 +153,21 @@ class FluxApp(App[int]):
         self.notify("started " + ", ".join(message.names), title="queue")
 
     def on_watcher_failed(self, message: WatcherFailed) -> None:
+        append_log(self.log_file, f"watcher error:\n{message.error}")
         self.notify(message.error, title="watcher error", severity="error", timeout=15)
+
+    # -- the one rule for every worker (tui/workers.py): a failure is reported, never closes the app
+    @property
+    def log_file(self) -> Path:
+        return log_path(self.study.workspace.root)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is not WorkerState.ERROR:
+            return
+        what = describe(event.worker)
+        logged = append_log(self.log_file, f"background work failed: {what}", event.worker.error)
+        where = f" (traceback in {self.log_file})" if logged else ""
+        self.notify(f"{what}{where}", title="background work failed", severity="error", timeout=15)
 
     def follow(self, name: str | None) -> None:
         if self.watcher is not None:
@@ -164,7 +181,7 @@ class FluxApp(App[int]):
             if self.watcher is not None:
                 self.watcher.poke()
 
-        self.run_worker(work, thread=True, group="actions")
+        self.run_worker(work, thread=True, group="actions", exit_on_error=False)
 
     def _report(self, result: Outcome | list[Outcome]) -> None:
         results = result if isinstance(result, list) else [result]
@@ -209,6 +226,8 @@ class FluxApp(App[int]):
     def open_detail(self, name: str) -> None:
         from flux_tui.tui.screens.detail import RunDetailScreen
 
+        if isinstance(self.screen, RunDetailScreen) and self.screen.run_name == name:
+            return  # `d` pressed twice before the first detail showed
         self.push_screen(RunDetailScreen(name))
 
     def action_help(self) -> None:

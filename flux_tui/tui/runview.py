@@ -7,7 +7,6 @@ stat changes, and the bytes appended to events.jsonl. Each change produces a new
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +17,8 @@ from flux_tui.core import curve as curves
 from flux_tui.core.config import Experiment
 from flux_tui.core.fsutil import TailReader
 from flux_tui.core.metrics import BY_KEY, FACE_DISTANCE, FACELESS
-from flux_tui.core.runs import STAGES, RunDir, Status
+from flux_tui.core.runfiles import EventProblems, parse_event
+from flux_tui.core.runs import RUNNING, STAGES, RunDir, Status
 
 _UNSET = object()
 MAX_LOG_LINES = 5_000  # lines the log pane keeps (and the watcher sends on a reset)
@@ -104,6 +104,8 @@ class RunView:
     queue_pos: int | None = None
     curve: tuple[dict[str, Any], ...] = ()  # the score curve as the trainer records it (core.curve)
     early_stop: dict[str, Any] | None = None
+    scores_problem: str | None = None  # what scores.json lost on validation, or why it is unusable
+    events_problem: str | None = None  # how many records of events.jsonl were skipped, and the first reason
 
     @property
     def state(self) -> str:
@@ -124,6 +126,12 @@ class RunView:
         """A curve was scored, but no image along it had a face (the demo's random model)."""
         curve = self.score_curve
         return bool(curve) and all(curves.value(p, FACE_DISTANCE) is None for p in curve)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """What is wrong with the run's files, one line each (the detail shows them; nothing crashes on them)."""
+        found = (self.status.damage, self.scores_problem, self.events_problem)
+        return tuple(p for p in found if p)
 
     @property
     def latest_sample(self) -> tuple[SampleSet, int] | None:
@@ -148,7 +156,7 @@ class RunView:
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -180,6 +188,8 @@ class RunTracker:
         self._last_step: dict[str, Any] = {}
         self._attempts: list[dict[str, Any]] = []
         self._curve = curves.CurveReader()
+        self._problems = EventProblems()
+        self._line_no = 0
 
     def set_experiment(self, experiment: Experiment) -> None:
         """The study file changed: judge staleness against this experiment from the next poll on."""
@@ -195,17 +205,24 @@ class RunTracker:
     def poll(self) -> bool:
         """Read what changed. True when the view changed (then `self.view` is a new object)."""
         changes: dict[str, Any] = {}
-        key = _stat_key(self.run.status_json)
-        if key != self._status_key:
-            self._status_key = key
+        key = (_stat_key(self.run.status_json), _stat_key(self.run.run_json))
+        # A status recovered from the run's lock (status.json lost while it runs) changes when the process
+        # ends, which touches no file: read it again every time.
+        recovered_live = self.view.status.damage is not None and self.view.state == RUNNING
+        if key != self._status_key or recovered_live:
+            first, self._status_key = self._status_key is _UNSET, key
             status = self.run.status()
-            changes["status"] = status
+            if first or status != self.view.status:
+                changes["status"] = status
             if self.experiment is not None:
-                changes["stale"] = self.run.stale(self.experiment)
+                stale = self.run.stale(self.experiment)
+                if first or stale != self.view.stale:
+                    changes["stale"] = stale
         key = _stat_key(self.run.scores_json)
         if key != self._scores_key:
             self._scores_key = key
-            changes["scores"] = self.run.scores()
+            scores = self.run.read_scores()
+            changes.update(scores=scores.value, scores_problem=scores.problem)
         if self._read_events():
             last = self._last_step
             changes.update(
@@ -226,6 +243,7 @@ class RunTracker:
                 checkpoints=tuple(self._ckpts),
                 curve=tuple(self._curve.curve),
                 early_stop=self._curve.early_stop,
+                events_problem=self._problems.text(),
             )
         if not changes:
             return False
@@ -245,14 +263,17 @@ class RunTracker:
             self._events = TailReader(self.run.events_jsonl)  # replaced or truncated: read it again
             self._reset_events()
         self._events_ino = key[0]
-        lines = self._events.read_lines()
+        lines = self._events.read_lines()  # whole lines only: a half-written one is held back
         changed = False
         for line in lines:
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a corrupt record; a half-written one is held back by TailReader
-            if isinstance(ev, dict):
+            self._line_no += 1
+            if not line.strip():
+                continue
+            ev, why = parse_event(line)
+            if ev is None:
+                self._problems.add(self._line_no, why or "")
+                changed = True
+            else:
                 changed |= self._apply(ev)
         return changed
 
@@ -292,7 +313,7 @@ class RunTracker:
             self._stages.append((str(ev.get("stage")), float(ev.get("t") or 0.0)))
         elif kind == "sample":
             step = ev.get("step")
-            paths = ev.get("paths") or ([ev["path"]] if "path" in ev else [])
+            paths = ev.get("paths") or ([ev["path"]] if ev.get("path") else [])
             if isinstance(step, int):
                 prompts = tuple(str(p) for p in ev.get("prompts") or ())
                 self._samples[step] = SampleSet(step, tuple(_resolve(self.run, p) for p in paths), prompts)

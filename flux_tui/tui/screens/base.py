@@ -10,6 +10,7 @@ from flux_tui.core.config import Study
 from flux_tui.tui.feeds import LiveFeeds
 from flux_tui.tui.messages import RunsChanged, StudyChanged
 from flux_tui.tui.runview import outcomes_changed
+from flux_tui.tui.workers import RelayWorkerErrors
 
 
 class StudyHost(Protocol):
@@ -19,7 +20,7 @@ class StudyHost(Protocol):
     feeds: LiveFeeds
 
 
-class StudyScreen(Screen):
+class StudyScreen(RelayWorkerErrors, Screen):
     """A screen over the study's run folders: `study` is the one given (tests), else the app's. A screen that
     follows live data subscribes to `self.feeds` in its `on_mount`."""
 

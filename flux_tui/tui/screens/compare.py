@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
@@ -21,8 +21,10 @@ from flux_tui.core.runs import RunDir, run_dir
 from flux_tui.tui.runview import image_name
 from flux_tui.tui.runview import per_image as per_image_scores
 from flux_tui.tui.screens.base import StudyScreen
+from flux_tui.tui.screens.closing import ClosesOnce
 from flux_tui.tui.widgets.images import Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 CELL_W = 26  # Thumbnail's width
 CLIP, FACE = metric(CLIP_SCORE), metric(FACE_DISTANCE)
@@ -91,7 +93,7 @@ def build_grid(runs: list[RunDir], with_images: bool = True) -> tuple[list[str],
     return prompts, columns
 
 
-class CompareScreen(StudyScreen):
+class CompareScreen(ClosesOnce, StudyScreen):
     HELP_WIDGETS = (Thumbnail,)
     DEFAULT_CSS = f"""
     CompareScreen #cmp-grid {{ height: 1fr; overflow: auto auto; }}
@@ -103,7 +105,7 @@ class CompareScreen(StudyScreen):
     CompareScreen #cmp-note {{ height: auto; padding: 0 1; color: $text-muted; }}
     """
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", tooltip="back to the leaderboard"),
+        Binding("escape", "back", "Back", tooltip="back to the leaderboard"),
         Binding("r", "reload", "Reload", tooltip="read the runs' images and scores again"),
     ]
 
@@ -113,6 +115,7 @@ class CompareScreen(StudyScreen):
         self.prompts: list[str] = []
         self.columns: list[Column] = []
         self.loaded = False
+        self._generation = 0  # the newest reload: an older one that finishes later draws nothing
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -124,15 +127,23 @@ class CompareScreen(StudyScreen):
         self.sub_title = "compare " + ", ".join(self.names)
         self.action_reload()
 
-    @work(thread=True, exclusive=True)
     def action_reload(self) -> None:
-        prompts, columns = build_grid([run_dir(self.study, n) for n in self.names])
-        self.app.call_from_thread(self._show, prompts, columns)
+        self._generation += 1
+        self._load(self._generation)
 
-    async def _show(self, prompts: list[str], columns: list[Column]) -> None:
+    @background(group="compare")
+    def _load(self, generation: int) -> None:
+        prompts, columns = build_grid([run_dir(self.study, n) for n in self.names])
+        self.app.call_from_thread(self._show, generation, prompts, columns)
+
+    async def _show(self, generation: int, prompts: list[str], columns: list[Column]) -> None:
+        if generation != self._generation:
+            return
         self.prompts, self.columns = prompts, columns
         grid = self.query_one("#cmp-grid", ScrollableContainer)
         await grid.remove_children()
+        if generation != self._generation:  # `r` again while the old grid went: the newer one draws
+            return
         rows = [Horizontal(Label("prompt", classes="cmp-prompt"),
                            *(Label(c.run, classes="cmp-head", markup=False) for c in columns), classes="cmp-row")]  # fmt: skip
         for prompt in prompts:
@@ -156,7 +167,7 @@ class CompareScreen(StudyScreen):
         if not n_images:
             note = "no evaluation images yet in these runs: they are made after training"
         self.query_one("#cmp-note", Static).update(note)
-        first = self.query(Thumbnail).first() if n_images else None
+        first = next(iter(self.query(Thumbnail)), None)
         if first is not None:
             first.focus()
         self.loaded = True

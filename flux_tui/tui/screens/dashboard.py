@@ -141,7 +141,7 @@ class DashboardScreen(StudyScreen):
         parts = [f"{len(self.study.experiments)} experiments"] if self.size.width >= 120 else []
         parts += [
             f"{counts[s]} {s}"
-            for s in ("running", "queued", "done", "failed", "oom", "cancelled")
+            for s in ("running", "queued", "done", "failed", "oom", "cancelled", "damaged")
             if s in counts
         ]
         m = self.matrix

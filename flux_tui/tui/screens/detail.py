@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, HorizontalScroll, Vertical, VerticalScroll
@@ -34,11 +34,13 @@ from flux_tui.tui.runview import (
     samples_on_disk,
 )
 from flux_tui.tui.screens.base import StudyScreen
+from flux_tui.tui.screens.closing import ClosesOnce
 from flux_tui.tui.widgets.curveplot import CurvePanel
 from flux_tui.tui.widgets.images import FULL_PX, FittedImage, Thumbnail, load_thumbnail, png_text
 from flux_tui.tui.widgets.keybar import KeyBar
 from flux_tui.tui.widgets.lossplot import LossPlot
 from flux_tui.tui.widgets.matrix import state_text
+from flux_tui.tui.workers import RelayWorkerErrors, background
 
 if TYPE_CHECKING:
     from flux_tui.tui.app import FluxApp
@@ -103,6 +105,11 @@ def timeline_text(view: RunView) -> Text:
 def status_text(view: RunView, run: RunDir, root: Path | None = None) -> Text:
     st = view.status
     out = Text("state     ") + state_text(st, view.stale) + Text("\n")
+    if st.damage:
+        out += Text(f"damaged   {st.damage}\n", style="bold red")
+    for problem in (view.scores_problem, view.events_problem):
+        if problem:
+            out += Text(f"problem   {problem}\n", style="red")
     if view.stale:
         out += Text(f"stale     {view.stale}\n", style="italic red")
     if st.device:
@@ -122,7 +129,7 @@ def status_text(view: RunView, run: RunDir, root: Path | None = None) -> Text:
     if st.exit_code is not None:
         out += Text(f"exit code {st.exit_code}\n")
     if st.message:
-        style = "red" if st.state in ("failed", "oom") else ""
+        style = "red" if st.state in ("failed", "oom") else "yellow" if st.state == "damaged" else ""
         out += Text(f"message   {st.message}\n", style=style)
     if st.log_tail:
         out += Text("last log lines:\n", style="bold") + Text("\n".join(st.log_tail[-10:]), style="dim")
@@ -150,7 +157,7 @@ def scores_text(scores: dict[str, Any] | None, state: str) -> Text:
     return out
 
 
-class ImageScreen(ModalScreen[None]):
+class ImageScreen(ClosesOnce, RelayWorkerErrors, ModalScreen[None]):
     """One image as large as the terminal allows, with its prompt and metadata; arrows step through."""
 
     DEFAULT_CSS = """
@@ -186,7 +193,7 @@ class ImageScreen(ModalScreen[None]):
         self.query_one(Vertical).border_title = f"{path.name} ({self.index + 1}/{len(self.items)})"
         self._load(path, caption)
 
-    @work(thread=True, exclusive=True)
+    @background(group="full-image")
     def _load(self, path: Path, caption: str) -> None:
         image = load_thumbnail(path, FULL_PX)
         meta = png_text(path)
@@ -203,10 +210,10 @@ class ImageScreen(ModalScreen[None]):
         self.query_one("#full-caption", Static).update(text)
 
 
-class RunDetailScreen(StudyScreen):
+class RunDetailScreen(ClosesOnce, StudyScreen):
     HELP_WIDGETS = (Tabs, Thumbnail)
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", tooltip="back to the matrix"),
+        Binding("escape", "back", "Back", tooltip="back to the matrix"),
         Binding("r", "reload", "Reload images", show=False, tooltip="look for new evaluation images and samples"),
     ]
 
@@ -345,7 +352,7 @@ class RunDetailScreen(StudyScreen):
         self._refresh_images(self.view)
 
     # -- thumbnails, decoded off the event loop
-    @work(thread=True, exclusive=True, group="eval")
+    @background(group="eval")
     def _load_eval(self, evals: list[EvalImage], scores: dict[str, Any] | None) -> None:
         by_name = {image_name(i): i for i in per_image(scores)}
         items = []
@@ -380,7 +387,7 @@ class RunDetailScreen(StudyScreen):
         grid.mount_all(thumbs)
         self._fit_grid()
 
-    @work(thread=True, exclusive=True, group="samples")
+    @background(group="samples")
     def _load_samples(self, samples: list[SampleSet]) -> None:
         rows = [
             (s.step, [(p, s.caption(i), load_thumbnail(p)) for i, p in enumerate(s.paths)]) for s in samples

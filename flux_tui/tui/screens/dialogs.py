@@ -1,4 +1,5 @@
-"""Small modal dialogs: a yes/no question and a column picker."""
+"""Small modal dialogs: a yes/no question and a column picker. Both close once (`closing.ClosesOnce`): a key
+that arrives while one closes does nothing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, OptionList
 from textual.widgets.option_list import Option
 
+from flux_tui.tui.screens.closing import ClosesOnce
 
-class ConfirmScreen(ModalScreen[bool]):
+
+class ConfirmScreen(ClosesOnce, ModalScreen[bool]):
     """Ask a question; `y`/`enter` on Yes answers True, `n`/`escape` False."""
 
     DEFAULT_CSS = """
@@ -44,7 +47,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class ChoiceScreen(ModalScreen[str | None]):
+class ChoiceScreen(ClosesOnce, ModalScreen[str | None]):
     """Pick one of several options (the sort column); `escape` picks nothing."""
 
     DEFAULT_CSS = """

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -22,6 +21,7 @@ from flux_tui.core.metrics import HEADLINE, metric, noise_rule
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 _FIXED_LABELS = {
     "learning_rate": "lr",
@@ -157,6 +157,7 @@ class EffectsScreen(OutcomeScreen):
     def __init__(self, study: Study | None = None, **kwargs: Any) -> None:
         super().__init__(study, **kwargs)
         self.effects: list[Effect] = []
+        self._generation = 0  # the newest reload: an older one that finishes later draws nothing
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -171,13 +172,20 @@ class EffectsScreen(OutcomeScreen):
                         yield Static(id="fx-within")
         yield KeyBar()
 
-    @work(thread=True, exclusive=True)
     def action_reload(self) -> None:
+        self._generation += 1
+        self._load(self._generation)
+
+    @background(group="effects")
+    def _load(self, generation: int) -> None:
         records = results.collect(self.study)
         effects = analysis.all_effects(records)
-        self.app.call_from_thread(self.show_effects, effects, analysis.steps_readings(records))
+        self.app.call_from_thread(self.show_effects, effects, generation, analysis.steps_readings(records))
 
-    async def show_effects(self, effects: list[Effect], within: list[str] | None = None) -> None:
+    async def show_effects(self, effects: list[Effect], generation: int | None = None,
+                           within: list[str] | None = None) -> None:  # fmt: skip
+        if generation is not None and generation != self._generation:
+            return
         self.effects = effects
         self.query_one("#fx-within", Static).update(within_runs_text(within or []))
         tabs = self.query_one(TabbedContent)
@@ -190,6 +198,8 @@ class EffectsScreen(OutcomeScreen):
             pane.query_one(".fx-readings", Static).update(readings_text(effect))
             charts = pane.query_one(".fx-charts", Horizontal)
             await charts.remove_children()
+            if generation is not None and generation != self._generation:
+                return  # reloaded meanwhile: the newer one draws
             if effect.comparisons:
                 await charts.mount_all(EffectChart(effect, m.key) for m in HEADLINE)
             pane.query_one(".fx-runs", Static).update(comparisons_text(effect))

@@ -17,13 +17,17 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Markdown
 
 from flux_tui.tui.screens import VIEWS
+from flux_tui.tui.screens.closing import ClosesOnce
 
 PROSE = """\
 ## States
 `new` not started yet · `queued` waits for a free slot (the queue is on disk and advances with no dashboard
 open) · `running:<stage>` prepare, train, generate, score · `done` · `failed` (reason in the detail)
-· `cancelled` stopped, resumable with `enter` · `oom` out of GPU memory · `(stale)` the file's settings
-changed since the run trained: reset it (`R`) to train it again with the new ones.
+· `cancelled` stopped, resumable with `enter` · `oom` out of GPU memory · `damaged` its `status.json` or
+`run.json` cannot be read (or `status.json` is gone while its events say it ran): in brackets what its events
+and scores still show, the reason in the detail; it is not launched until you decide (fix or delete the file,
+or reset it) · `(stale)` the file's settings changed since the run trained: reset it (`R`) to train it again
+with the new ones. A run whose status is lost while its trainer still holds the run's lock shows as `running`.
 
 ## The study file
 The dashboard watches the study file: save an edit and the matrix shows it at once. A file with problems
@@ -109,7 +113,7 @@ def help_markdown() -> str:
     return "\n".join(parts)
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(ClosesOnce, ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll { width: 100%; max-width: 110; height: 90%; border: thick $accent;

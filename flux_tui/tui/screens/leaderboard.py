@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Static
@@ -31,6 +31,7 @@ from flux_tui.core.runs import DONE
 from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import OutcomeScreen
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 if TYPE_CHECKING:
     from textual.widgets.data_table import ColumnKey
@@ -162,7 +163,7 @@ class LeaderboardScreen(OutcomeScreen):
             self._render_table()
 
     # -- data, read off the event loop
-    @work(thread=True, exclusive=True, group="leaderboard")
+    @background(group="leaderboard")
     def action_reload(self) -> None:
         records = results.collect(self.study)
         self.app.call_from_thread(self.show_records, records)

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Header, Input, Label, ProgressBar, Select
 from flux_tui.core import analysis
 from flux_tui.core import curve as curves
 from flux_tui.core.config import Study
+from flux_tui.core.fsutil import is_file
 from flux_tui.core.metrics import CLIP_SCORE, FACE_DISTANCE, metric
 from flux_tui.core.playground_client import PlaygroundClient, PlaygroundError
 from flux_tui.core.runs import BEST, KIND_EXPERIMENT, RunDir
@@ -31,6 +32,7 @@ from flux_tui.tui.format import lr_text
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
 from flux_tui.tui.widgets.keybar import KeyBar
+from flux_tui.tui.workers import background
 
 PHASES = {"load": "loading the base model", "loras": "loading LoRAs", "generate": "generating",
           "score": "scoring", "reference": "embedding reference photos"}  # fmt: skip
@@ -53,14 +55,14 @@ def lora_runs(study: Study) -> list[tuple[str, str, str]]:
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         run = RunDir(path)
         source = run.lora_source() if run.exists() else None
-        if source is None or not source.is_file():
+        if source is None or not is_file(source):
             continue
         cfg = run.config()
         lr = cfg.get("learning_rate")
         desc = f"lr {lr_text(lr) if isinstance(lr, int | float) else '?'} · rank {cfg.get('lora_rank', '?')} · " \
                f"steps {cfg.get('max_train_steps', '?')}"  # fmt: skip
         out.append((run.name, str(path), desc))
-        if run.kind == KIND_EXPERIMENT and run.best_lora_file.is_file():
+        if run.kind == KIND_EXPERIMENT and is_file(run.best_lora_file):
             best = analysis.best_step(curves.points((run.scores() or {}).get("curve")))
             out.append((f"{run.name}@{BEST}", f"{path}@{BEST}", f"its best step, {best if best else '?'} · {desc}"))
     return out
@@ -209,7 +211,7 @@ class PlaygroundScreen(StudyScreen):
             "cache_dir": str(self.study.workspace.cache_dir),
         })  # fmt: skip
 
-    @work(thread=True, exclusive=True, group="engine-start")
+    @background(group="engine-start")
     def _start_engine(self, settings: dict[str, Any]) -> None:
         assert self.client is not None
         self.client.start()
@@ -282,7 +284,7 @@ class PlaygroundScreen(StudyScreen):
         )  # fmt: skip
         self._show_image(Path(e["path"]))
 
-    @work(thread=True, exclusive=True, group="image")
+    @background(group="image")
     def _show_image(self, path: Path) -> None:
         image = load_thumbnail(path, IMAGE_PX)
         self.app.call_from_thread(self._set_image, image)

@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 
 from flux_tui.core.config import Experiment, Study
 from flux_tui.core.metrics import CLIP_SCORE, HEADLINE, NO_FACE, Metric
-from flux_tui.core.runs import QUEUED, RUNNING, Status
+from flux_tui.core.runs import DAMAGED, QUEUED, RUNNING, Status
 from flux_tui.tui.format import duration
 from flux_tui.tui.runview import RunView
 
@@ -28,6 +28,7 @@ STATE_STYLE = {
     "failed": "bold red",
     "oom": "bold magenta",
     "cancelled": "dark_orange",
+    "damaged": "bold white on red",
     "stale": "italic red",
 }
 BEST_STYLE = "bold green"
@@ -42,6 +43,8 @@ def state_label(status: Status) -> str:
 
 
 def state_text(status: Status, stale: str | None = None) -> Text:
+    if status.state == DAMAGED:  # stale or not: its run.json may be what is damaged
+        return Text(status.label, style=STATE_STYLE[DAMAGED])
     if stale and status.state != RUNNING:
         return Text(f"{status.state} (stale)", style=STATE_STYLE["stale"])
     return Text(state_label(status), style=STATE_STYLE.get(status.state, ""))

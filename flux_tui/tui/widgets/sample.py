@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image as PILImage
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label
 
 from flux_tui.tui.widgets.images import FittedImage, load_thumbnail
+from flux_tui.tui.workers import RelayWorkerErrors, background
 
 
-class SampleView(Vertical):
+class SampleView(RelayWorkerErrors, Vertical):
     DEFAULT_CSS = """
     SampleView { height: 1fr; border: round $panel; border-title-color: $text-muted; }
     SampleView > #sample-image { width: 1fr; height: 1fr; }
@@ -39,7 +39,7 @@ class SampleView(Vertical):
         else:
             self._load(path)
 
-    @work(thread=True, exclusive=True, group="sample")
+    @background(group="sample")
     def _load(self, path: Path) -> None:
         image = load_thumbnail(path, 256)
         self.app.call_from_thread(self._set, path, image)
