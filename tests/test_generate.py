@@ -257,15 +257,16 @@ def test_a_runs_best_step_lora_is_used_as_run_at_best_or_with_step_best(study: c
 
         out = tmp_path / "out"
         proc = flux_tui("generate", "--lora", str(run.path), "--step", "best", "--prompt", "cr7man", "--steps", "2",
-                        "--out", str(out), tmp=tmp_path)  # fmt: skip
+                        "--guidance", "3.5", "--out", str(out), tmp=tmp_path)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         (png,) = sorted(out.glob("*.png"))
         meta = imagemeta.read_metadata(png)
         assert meta["loras"] == [{"path": str(run.best_lora_file), "weight": 1.0, "run": "exp02@best"}]
         assert meta["base_model"] == study.get("exp02").settings.base_model  # the run's config still found
-        # The same image as with exp01's own LoRA file: the best step's LoRA is what was loaded.
+        # The same image as with exp01's own LoRA file: the best step's LoRA is what was loaded. (The guidance
+        # is given: by default each run's own first guidance scale, which differs between exp01 and exp02.)
         proc = flux_tui("generate", "--lora", str(runs / "exp01"), "--prompt", "cr7man", "--steps", "2",
-                        "--out", str(tmp_path / "same"), tmp=tmp_path)  # fmt: skip
+                        "--guidance", "3.5", "--out", str(tmp_path / "same"), tmp=tmp_path)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert np.abs(_pixels(png) - _pixels(tmp_path / "same" / png.name)).max() <= 1
     finally:
