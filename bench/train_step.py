@@ -83,7 +83,7 @@ def cpu_child(workspace: Path, mode: str, steps: int) -> dict:
         t0 = time.perf_counter()
         if extra is not None:
             extra(step)
-        train_model.train_step(exp.settings, prepared, training, step)
+        train_model.train_step(exp.settings, training, step)
         times.append(time.perf_counter() - t0)
     warm = times[2:] if len(times) > 4 else times
     return {

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +142,16 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one record in one write, so a tailing reader sees whole lines promptly. A last line left
     unterminated (a writer killed mid-line) is ended first, so it cannot swallow this record: the damaged
     line stays on its own and readers skip it."""
-    line = (json.dumps(record, default=str) + "\n").encode("utf-8")
+    append_jsonl_records(path, [record])
+
+
+def append_jsonl_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records, one per line, in one write (and one check of the last byte), as `append_jsonl`."""
+    lines = b"".join((json.dumps(record, default=str) + "\n").encode("utf-8") for record in records)
+    if not lines:
+        return
     with open(path, "a+b") as fh:  # readable too: the last byte is checked
-        fh.write(_line_break_needed(fh.fileno()) + line)
+        fh.write(_line_break_needed(fh.fileno()) + lines)
         fh.flush()
 
 

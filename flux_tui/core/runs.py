@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,7 +40,7 @@ from typing_extensions import TypedDict  # pydantic validates only this one on P
 from flux_tui.core import curve as curves
 from flux_tui.core import procs, runfiles, runlock
 from flux_tui.core.config import EVAL_KEYS, Experiment, Study
-from flux_tui.core.fsutil import append_jsonl, atomic_write_json
+from flux_tui.core.fsutil import append_jsonl, append_jsonl_records, atomic_write_json
 from flux_tui.core.runfiles import Count, Int, Pid, Read, Text, Texts, Time
 
 # States a run can be in. `new` is a run with no folder (or no status yet).
@@ -411,6 +411,12 @@ class RunDir:
     def append_event(self, kind: str, **data: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.events_jsonl, {"type": kind, "t": round(time.time(), 3), **data})
+
+    def append_events(self, kind: str, records: Iterable[dict[str, Any]]) -> None:
+        """Several records of one kind in one write (the trainer's steps since it last reported)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        t = round(time.time(), 3)
+        append_jsonl_records(self.events_jsonl, ({"type": kind, "t": t, **data} for data in records))
 
     def log_tail(self, n: int = 20) -> list[str]:
         try:

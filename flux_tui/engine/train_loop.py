@@ -7,11 +7,14 @@ checkpoint is saved and the run ends `cancelled`, so a relaunch resumes exactly 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +49,25 @@ def train(run: RunDir, settings: Settings, prepared: Prepared, training: Trainin
     sampler = _Sampler(run, settings, prepared, images)
     if curve is not None and training.start_step and curve.due(training.start_step):
         curve.evaluate(training.start_step)  # a stop came before this step's evaluation: it is made now
-    with owner.signals.deferred():
+    with owner.signals.deferred(), progress.reporting():
         for step in range(training.start_step + 1, total + 1):
             owner.step = step
             faults.before_step(step)
-            t0 = time.perf_counter()
-            loss, grad_norm = train_step(s, prepared, training, step)
+            progress.add(step, *train_step(s, training, step))
             faults.after_step()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at step {step}; lower learning_rate")
-            progress.record(step, loss, grad_norm, time.perf_counter() - t0)
             stopping = owner.signals.received is not None
             saved = step % s.checkpointing_steps == 0 or stopping
+            sampling = bool(s.sample_every) and step % s.sample_every == 0 and not stopping
+            evaluating = curve is not None and curve.due(step) and not stopping
+            if saved or sampling or evaluating or progress.due(step):
+                progress.report()  # a non-finite loss raises here, before a checkpoint or the curve keeps it
             if saved:
                 save_checkpoint(run, settings, training, step)
-            if s.sample_every and step % s.sample_every == 0 and not stopping:
+            if sampling:
                 sampler(step)
-            early = _evaluate(curve, step) if not stopping else None
+            early = _evaluate(curve, step) if evaluating else None
+            if saved or sampling or evaluating:
+                progress.restart_clock()  # the time per step counts steps only
             if owner.signals.received is not None:
                 if not saved:  # the signal came while sampling or evaluating
                     save_checkpoint(run, settings, training, step)
@@ -85,28 +90,77 @@ def _evaluate(curve: Curve | None, step: int) -> str | None:
 
 
 class _Progress:
-    """A `step` event per step, and a log line at 5% intervals, with the time per step over the last 20."""
+    """The steps' `step` events and, at 5% intervals, a log line with the time per step over the last 20.
+
+    A step's loss and gradient norm stay on the device until `report` reads all those of the steps since
+    the last report at once (one wait for the device instead of one per step) and appends their events in
+    one write. The loop reports at log points, before checkpoints, samples and the score curve's evaluations,
+    and at least every REPORT_SECONDS, so the dashboard still sees every step's loss within about a second.
+    """
+
+    REPORT_SECONDS = 1.0
 
     def __init__(self, run: RunDir, training: Training, total: int) -> None:
         self.run, self.training, self.total = run, training, total
         self.recent: deque[float] = deque(maxlen=20)
         self.every = max(1, total // 20)
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # step, lr, loss, grad norm
+        self.clock = self.reported = time.perf_counter()
 
-    def record(self, step: int, loss: float, grad_norm: float, seconds: float) -> None:
-        self.recent.append(seconds)
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.pending.append((step, self.training.lr_scheduler.get_last_lr()[0], loss, grad_norm))
+
+    def due(self, step: int) -> bool:
+        return (step == 1 or step % self.every == 0 or step == self.total
+                or time.perf_counter() - self.reported >= self.REPORT_SECONDS)  # fmt: skip
+
+    def restart_clock(self) -> None:
+        self.clock = time.perf_counter()
+
+    def report(self) -> None:
+        """Read the pending steps' figures, write their events (and a log line at a log point). Raises
+        FloatingPointError naming the first step whose loss is not finite."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        values = torch.stack([torch.stack((loss, norm)) for _, _, loss, norm in pending]).tolist()  # one wait
+        now = time.perf_counter()
+        per_step = (now - self.clock) / len(pending)
+        self.clock = self.reported = now
+        self.recent.extend([per_step] * len(pending))
         sec = sum(self.recent) / len(self.recent)
+        events = [self._event(step, lr, loss, norm, sec)
+                  for (step, lr, _, _), (loss, norm) in zip(pending, values, strict=True)]  # fmt: skip
+        finite = list(itertools.takewhile(lambda e: math.isfinite(e["loss"]), events))
+        self.run.append_events("step", finite)
+        if len(finite) < len(events):
+            bad = events[len(finite)]
+            raise FloatingPointError(f"the loss became {bad['loss']} at step {bad['step']}; lower learning_rate")
+        last = events[-1]
+        if last["step"] == 1 or last["step"] % self.every == 0 or last["step"] == self.total:
+            log(f"step {last['step']}/{self.total} loss {last['loss']:.4f} lr {last['lr']:.3g} {sec:.2f} s/step "
+                f"eta {last['eta_s']:.0f} s")  # fmt: skip
+
+    def _event(self, step: int, lr: float, loss: float, grad_norm: float, sec: float) -> dict[str, Any]:
         event: dict[str, Any] = {
-            "step": step, "total": self.total, "loss": round(loss, 6),
-            "lr": self.training.lr_scheduler.get_last_lr()[0], "sec_per_step": round(sec, 4),
-            "eta_s": round(sec * (self.total - step), 1), "grad_norm": round(float(grad_norm), 6),
+            "step": step, "total": self.total, "loss": round(loss, 6), "lr": lr, "sec_per_step": round(sec, 4),
+            "eta_s": round(sec * (self.total - step), 1), "grad_norm": round(grad_norm, 6),
         }  # fmt: skip
-        if self.training.device.type == "cuda":
+        if self.training.device.type == "cuda":  # the allocator's counters: read on the host, no wait
             event.update(mem_allocated=torch.cuda.memory_allocated(), mem_reserved=torch.cuda.memory_reserved(),
                          mem_peak=torch.cuda.max_memory_allocated())  # fmt: skip
-        self.run.append_event("step", **event)
-        if step == 1 or step % self.every == 0 or step == self.total:
-            log(f"step {step}/{self.total} loss {loss:.4f} lr {event['lr']:.3g} {sec:.2f} s/step "
-                f"eta {event['eta_s']:.0f} s")  # fmt: skip
+        return event
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """Report the steps still pending when the loop leaves early (out of memory, a stop): their events
+        are written even so."""
+        try:
+            yield
+        finally:
+            if self.pending:
+                with suppress(Exception):  # the device may be what failed; the first error is the one to see
+                    self.report()
 
 
 def save_checkpoint(run: RunDir, settings: Settings, training: Training, step: int) -> None:
