@@ -17,6 +17,9 @@ def open_dashboard(file: str | Path) -> int:
     study = cli.load_or_report(file)
     if study is None:
         return cli.EXIT_USAGE
+    from flux_tui.tui import graphics
+
+    graphics.start_asking()  # the terminal answers while the dashboard's modules import
     from flux_tui.tui.app import run_dashboard  # Textual loads only when a dashboard opens
 
     return run_dashboard(study)

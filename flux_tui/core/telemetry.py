@@ -11,13 +11,19 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
-try:  # nvidia-ml-py is a dependency, but keep the core importable where a wheel is missing
-    import pynvml
-except ImportError:  # pragma: no cover - exercised only on broken installs
-    pynvml = None  # type: ignore[assignment]
+
+def _import_pynvml() -> Any:
+    """pynvml, imported on first use (the dashboard's first frame does not wait for it); None where the
+    nvidia-ml-py wheel is missing (it is a dependency: only broken installs)."""
+    try:
+        import pynvml
+    except ImportError:  # pragma: no cover - exercised only on broken installs
+        return None
+    return pynvml
 
 GiB = 1024**3
 
@@ -91,50 +97,53 @@ class Telemetry:
         self._lock = threading.Lock()
         self._nvml_ready = False
         self._nvml_tried = False
+        self._nv: Any = None  # the pynvml module, once NVML is initialised
         self.gpu_error: str | None = None
 
     def _init_nvml(self) -> bool:
         if self._nvml_tried:
             return self._nvml_ready
         self._nvml_tried = True
-        if pynvml is None:
+        nv = _import_pynvml()
+        if nv is None:
             self.gpu_error = "nvidia-ml-py is not installed"
             return False
         try:
-            pynvml.nvmlInit()
-            if pynvml.nvmlDeviceGetCount() == 0:
+            nv.nvmlInit()
+            if nv.nvmlDeviceGetCount() == 0:
                 self.gpu_error = "the NVIDIA driver reports no GPU"
                 return False
-        except pynvml.NVMLError as exc:
+        except nv.NVMLError as exc:
             self.gpu_error = f"NVML: {exc}"
             return False
-        self._nvml_ready = True
+        self._nv, self._nvml_ready = nv, True
         return True
 
     def gpus(self) -> list[GpuStat]:
         with self._lock:
             if not self._init_nvml():
                 return []
-            return [self._gpu(i)[0] for i in range(pynvml.nvmlDeviceGetCount())]
+            return [self._gpu(i)[0] for i in range(self._nv.nvmlDeviceGetCount())]
 
     def _gpu(self, index: int) -> tuple[GpuStat, list]:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        name = pynvml.nvmlDeviceGetName(h)
+        nv = self._nv
+        h = nv.nvmlDeviceGetHandleByIndex(index)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        name = nv.nvmlDeviceGetName(h)
         name = name.decode() if isinstance(name, bytes) else str(name)
         util = temp = None
-        with contextlib.suppress(pynvml.NVMLError):  # some virtualised GPUs do not report it
-            util = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
-        with contextlib.suppress(pynvml.NVMLError):
-            temp = int(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
+        with contextlib.suppress(nv.NVMLError):  # some virtualised GPUs do not report it
+            util = int(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+        with contextlib.suppress(nv.NVMLError):
+            temp = int(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
         try:
-            uuid = pynvml.nvmlDeviceGetUUID(h)
+            uuid = nv.nvmlDeviceGetUUID(h)
             uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-        except pynvml.NVMLError:
+        except nv.NVMLError:
             uuid = ""
         try:
-            procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
-        except pynvml.NVMLError:
+            procs = list(nv.nvmlDeviceGetComputeRunningProcesses(h))
+        except nv.NVMLError:
             procs = []
         stat = GpuStat(index, name, int(mem.used), int(mem.total), util, temp, uuid)
         return stat, procs
@@ -148,7 +157,7 @@ class Telemetry:
             by_pid: dict[int, int] = {}
             where: dict[int, tuple[int, int]] = {}
             try:
-                for i in range(pynvml.nvmlDeviceGetCount()):
+                for i in range(self._nv.nvmlDeviceGetCount()):
                     stat, procs = self._gpu(i)
                     gpus.append(stat)
                     for p in procs:
@@ -157,7 +166,7 @@ class Telemetry:
                         by_pid[p.pid] = by_pid.get(p.pid, 0) + used
                         if used >= where.get(p.pid, (0, -1))[1]:
                             where[p.pid] = (i, used)
-            except pynvml.NVMLError as exc:  # a GPU fell off the bus: report it, keep the host figures
+            except self._nv.NVMLError as exc:  # a GPU fell off the bus: report it, keep the host figures
                 return Sample(at=time.time(), host=host, gpus=tuple(gpus), gpu_error=f"NVML error: {exc}")
             return Sample(
                 at=time.time(),
@@ -170,7 +179,7 @@ class Telemetry:
     def close(self) -> None:
         with self._lock:
             if self._nvml_ready:
-                with contextlib.suppress(pynvml.NVMLError):
-                    pynvml.nvmlShutdown()
+                with contextlib.suppress(self._nv.NVMLError):
+                    self._nv.nvmlShutdown()
                 self._nvml_ready = False
             self._nvml_tried = False

@@ -14,9 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# textual-image queries the terminal's graphics support when imported: do it before the app owns the tty.
-import textual_image.renderable  # noqa: F401
-import textual_image.widget  # noqa: F401
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -29,6 +26,7 @@ from flux_tui.core.runs import QUEUED, RUNNING, run_dir
 from flux_tui.core.scheduler import Outcome, Scheduler
 from flux_tui.core.studyfile import StudyFile
 from flux_tui.core.telemetry import Sample, Telemetry
+from flux_tui.tui import graphics
 from flux_tui.tui.feeds import LiveFeeds
 from flux_tui.tui.messages import (
     LogLines,
@@ -313,6 +311,12 @@ def reset_outcome(study: Study, name: str) -> Outcome:
 
 def run_dashboard(study: Study) -> int:
     app = FluxApp(study)
+    # The terminal's graphics are asked about before the app reads the terminal (main.py started asking).
+    graphics.wait_for_answer()
+    from flux_tui.tui.widgets import images
+
+    if not images.textual_image_can_be_told():  # a textual-image we cannot hand the answers to: let it ask now
+        images.load_image_support()
     app.run()
     app.scheduler.tick()  # what was queued in the last second starts now, not only when a run ends
     print(app.farewell())

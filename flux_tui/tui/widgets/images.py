@@ -1,10 +1,13 @@
 """Images in the terminal: textual-image's widgets, kitty or sixel graphics where the terminal has them,
 coloured half-cell blocks everywhere else.
 
-textual-image picks its renderer when it is imported (it asks the terminal); where stdout is not a terminal
-it falls back to grey unicode shading, which hides what a face looks like, so that case uses half cells too.
-Images are decoded and shrunk in a worker thread (`load_thumbnail`) before a widget gets them: a 1024 px
-PNG scaled on every repaint would stall the event loop.
+textual-image (and numpy, which it imports) loads on first use, normally in a thread after the first frame
+(`load_image_support`): `ImageWidget` and `GRAPHICS` are looked up then. It would ask the terminal what it
+can draw when imported; `tui/graphics.py` asked before the app started, and textual-image is handed those
+answers instead (an import while the app owns the terminal must not write to it). Where stdout is not a
+terminal textual-image would fall back to grey unicode shading, which hides what a face looks like, so
+that case uses half cells too. Images are decoded and shrunk in a worker thread (`load_thumbnail`) before a
+widget gets them: a 1024 px PNG scaled on every repaint would stall the event loop.
 
 A terminal cell is about twice as tall as it is wide, so an image given a pane's cells stretches; a pane
 that shows one image holds a `FittedImage`, which sizes the image to the pane at its own aspect ratio.
@@ -12,31 +15,87 @@ that shows one image holds a `FittedImage`, which sizes the image to the pane at
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import textual_image.renderable as _renderables
-import textual_image.widget as _widgets
-from PIL import Image as PILImage
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Label
-from textual_image._terminal import get_cell_size  # cached cell size in pixels; no public name for it
 
-if _renderables.Image is _renderables.UnicodeImage:
-    ImageWidget: type = _widgets.HalfcellImage
-    GRAPHICS = "half-cell blocks"
-elif _renderables.Image is _renderables.SixelImage:
-    ImageWidget = _widgets.Image
-    GRAPHICS = "sixel"
-elif _renderables.Image is _renderables.TGPImage:
-    ImageWidget = _widgets.Image
-    GRAPHICS = "kitty graphics"
-else:
-    ImageWidget = _widgets.Image
-    GRAPHICS = "half-cell blocks"
+from flux_tui.tui import graphics
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+_lock = threading.Lock()
+_widget_class: type | None = None
+
+
+def load_image_support() -> type:
+    """textual-image's widget class for this terminal, importing textual-image on the first call (any
+    thread)."""
+    global _widget_class
+    with _lock:
+        if _widget_class is None:
+            found = graphics.current()
+            with _answers_given(found):
+                import textual_image.widget as widgets
+            _widget_class = {"kitty": widgets.TGPImage, "sixel": widgets.SixelImage}.get(
+                found.kind, widgets.HalfcellImage
+            )
+        return _widget_class
+
+
+@contextmanager
+def _answers_given(found: graphics.Graphics) -> Iterator[None]:
+    """While textual-image imports: its cell size set to `found`'s, and its terminal queries answered "no"
+    at once without writing to the terminal (its own choice of renderer is not used)."""
+    if "textual_image.renderable" in sys.modules or not textual_image_can_be_told():
+        yield  # imported already (it asked the terminal then), or run_dashboard imported it before the app
+        return
+    from textual_image import _terminal
+
+    @contextmanager
+    def no_answer(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
+        raise _terminal.TerminalError("answered before the dashboard started")
+        yield  # a generator: the raise above happens on entering the `with`, before any query is written
+
+    asked = _terminal.capture_terminal_response
+    _terminal.get_cell_size._result = _terminal.CellSize(*found.cell)  # type: ignore[attr-defined]
+    _terminal.capture_terminal_response = no_answer
+    try:
+        yield
+    finally:
+        _terminal.capture_terminal_response = asked
+
+
+def textual_image_can_be_told() -> bool:
+    """Whether this textual-image has the internals `_answers_given` sets (checked before the app starts;
+    when not, textual-image is imported then and asks the terminal itself, as it always did)."""
+    try:
+        from textual_image import _terminal
+    except ImportError:
+        return False
+    return all(hasattr(_terminal, name) for name in ("capture_terminal_response", "get_cell_size", "CellSize",
+                                                     "TerminalError"))  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """`ImageWidget` (textual-image's widget class for this terminal) and `GRAPHICS` (its name), loaded on
+    first use."""
+    if name == "ImageWidget":
+        return load_image_support()
+    if name == "GRAPHICS":
+        return graphics.current().label
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 THUMB_PX = 192  # a thumbnail cell grid never needs more than this many pixels
 FULL_PX = 1024
@@ -44,6 +103,8 @@ FULL_PX = 1024
 
 def load_thumbnail(path: Path, max_px: int = THUMB_PX) -> PILImage.Image | None:
     """The image shrunk to fit `max_px`, in RGB; None when it is missing or unreadable (being written)."""
+    from PIL import Image as PILImage
+
     try:
         with PILImage.open(path) as im:
             im.draft("RGB", (max_px, max_px))  # JPEG: decode at a lower scale directly
@@ -56,6 +117,8 @@ def load_thumbnail(path: Path, max_px: int = THUMB_PX) -> PILImage.Image | None:
 
 def png_text(path: Path) -> dict[str, str]:
     """The PNG's text chunks (the evaluation writes prompt, seed, guidance there)."""
+    from PIL import Image as PILImage
+
     try:
         with PILImage.open(path) as im:
             return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
@@ -77,7 +140,7 @@ class FittedImage(Container):
     """One image as large as the pane allows at its own aspect ratio, centred in the pane.
 
     The pane takes its size from CSS (1fr by default); the image inside gets that many cells as the terminal's
-    cell shape (textual-image asks the terminal once; 10x20 px where it cannot) keeps undistorted.
+    cell shape (graphics.py asks the terminal once; 10x20 px where it cannot) keeps undistorted.
     """
 
     DEFAULT_CSS = """
@@ -90,7 +153,7 @@ class FittedImage(Container):
         self._image = image
 
     def compose(self) -> ComposeResult:
-        yield ImageWidget(self._image, classes="fitted-image")
+        yield load_image_support()(self._image, classes="fitted-image")
 
     @property
     def image(self) -> PILImage.Image | None:
@@ -101,7 +164,7 @@ class FittedImage(Container):
         self._image = value
         if self.is_mounted:
             self._fit()
-            self.query_one(ImageWidget).image = value
+            self.query_one(load_image_support()).image = value
 
     def on_mount(self) -> None:
         self._fit()
@@ -112,12 +175,14 @@ class FittedImage(Container):
     def cells(self) -> tuple[int, int]:
         """(columns, rows) the image takes in the pane as it is now."""
         size = (self._image.width, self._image.height) if self._image is not None else (0, 0)
-        cell = get_cell_size()
+        from textual_image._terminal import get_cell_size  # cached cell size in pixels; no public name for it
+
+        cell = get_cell_size()  # the answer graphics.py got (load_image_support ran in compose)
         return fit_cells(size, (self.content_size.width, self.content_size.height), (cell.width, cell.height))
 
     def _fit(self) -> None:
         width, height = self.cells()
-        inner = self.query_one(ImageWidget)
+        inner = self.query_one(load_image_support())
         inner.styles.width, inner.styles.height = width, height
 
 
@@ -144,7 +209,7 @@ class Thumbnail(Vertical, can_focus=True):
         self._image = image
 
     def compose(self) -> ComposeResult:
-        yield ImageWidget(self._image, classes="thumb-image")
+        yield load_image_support()(self._image, classes="thumb-image")
         yield Label(self.caption or self.path.name, classes="thumb-caption", markup=False)
 
     def action_open(self) -> None:

@@ -1,24 +1,24 @@
-"""Loss curve of a run (textual-plotext), thinned to the width available so a repaint stays cheap."""
+"""A run's loss curve in a titled box.
+
+The curve itself (`losschart.LossChart`: textual-plotext, which imports plotext) mounts once its module
+has loaded, in a thread after the first frame, so the first frame shows the box without waiting for it.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
+from typing import Any
 
-from textual_plotext import PlotextPlot
+from textual.containers import Vertical
 
+from flux_tui.tui.workers import RelayWorkerErrors, background
 
-def thin(points: Sequence[tuple[int, float]], n: int) -> list[tuple[int, float]]:
-    """At most about `n` points, evenly spaced, always keeping the last one."""
-    if n <= 0 or len(points) <= n:
-        return list(points)
-    stride = len(points) / n
-    picked = [points[int(i * stride)] for i in range(n)]
-    if picked[-1] != points[-1]:
-        picked.append(points[-1])
-    return picked
+CHART_MODULE = "flux_tui.tui.widgets.losschart"
 
 
-class LossPlot(PlotextPlot):
+class LossPlot(RelayWorkerErrors, Vertical):
     DEFAULT_CSS = """
     LossPlot { height: 1fr; border: round $panel; border-title-color: $text-muted; }
     """
@@ -28,6 +28,28 @@ class LossPlot(PlotextPlot):
         self.border_title = "loss"
         self._points: tuple[tuple[int, float], ...] = ()
         self._title = ""
+        self._chart: Any = None
+
+    @property
+    def ready(self) -> bool:
+        """The chart is mounted."""
+        return self._chart is not None
+
+    def on_mount(self) -> None:
+        if CHART_MODULE in sys.modules:  # loaded already: no reason to wait
+            self._mount_chart()
+        else:
+            self.call_after_refresh(self._load_chart)  # after the first frame
+
+    @background(group="loss-chart")
+    def _load_chart(self) -> None:
+        importlib.import_module(CHART_MODULE)
+        self.app.call_from_thread(self._mount_chart)
+
+    def _mount_chart(self) -> None:
+        if self._chart is None and self.is_attached:
+            self._chart = importlib.import_module(CHART_MODULE).LossChart(self._points)
+            self.mount(self._chart)
 
     @property
     def has_points(self) -> bool:
@@ -39,33 +61,5 @@ class LossPlot(PlotextPlot):
             return
         self._points, self._title = points, title
         self.border_title = title
-        self.refresh()
-
-    def render(self):
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        if self._points:
-            xs, ys = zip(*thin(self._points, max(8, self.size.width * 2)), strict=True)
-            plt.plot(list(xs), list(ys), marker="braille")
-            # Ticks chosen for the pane's size, so labels never run into each other in a small terminal.
-            w, h = self.size.width, self.size.height
-            plt.xticks(*axis_ticks(min(xs), max(xs), max(2, min(6, w // 12)), integer=True))
-            plt.yticks(*axis_ticks(min(ys), max(ys), max(2, min(5, h // 3))))
-            if h >= 8:
-                plt.xlabel("step")
-        else:
-            plt.title("no steps yet")
-        return super().render()
-
-
-def axis_ticks(lo: float, hi: float, n: int, integer: bool = False) -> tuple[list[float], list[str]]:
-    """About `n` evenly spaced ticks from `lo` to `hi` and their labels (whole numbers for steps, three
-    significant digits for a loss)."""
-    if hi <= lo:
-        return [lo], [f"{lo:g}" if not integer else str(round(lo))]
-    values = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-    if integer:
-        values = sorted({round(v) for v in values})
-        return [float(v) for v in values], [str(v) for v in values]
-    return values, [f"{v:.3g}" for v in values]
+        if self._chart is not None:
+            self._chart.show(points)
