@@ -74,11 +74,15 @@ class Trained:
 def train_lora(run: RunDir, settings: Settings, device: str, owner: OwnedRun, models: ModelCache | None) -> Trained:
     """Prepare, build, train (scoring the curve with `models`, when given), export: the stages hand each
     other their records. The model stays in memory for the evaluation."""
-    # torch and the models load here, after the run's signal handlers are in place: a stop during the
-    # imports already ends the run `cancelled`.
-    from flux_tui.engine import train_eval, train_loop, train_model, train_prepare
+    # The libraries load here, after the run's signal handlers are in place: a stop during the imports
+    # already ends the run `cancelled`. The prepare stage needs only torch, Pillow and safetensors (the VAE,
+    # the text encoders and MTCNN load inside it, and only for what the caches lack); peft, transformers
+    # and the rest of diffusers load after it, with the model to train.
+    from flux_tui.engine import train_prepare
 
     prepared = train_prepare.prepare(run, settings, device, with_eval=models is not None)
+    from flux_tui.engine import train_eval, train_loop, train_model
+
     training = train_model.build(run, settings, prepared, device)
     images = train_eval.TrainedImages(run, settings, prepared, training)
     curve = train_eval.Curve.start(run, settings, training, images, models) if models else None
