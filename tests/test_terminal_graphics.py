@@ -52,10 +52,10 @@ def _play_terminal(answers: dict[bytes, bytes], timeout: float = 60) -> tuple[st
                 seen += os.read(master, 65536)
             except OSError:  # the child closed the terminal
                 break
-            for query, reply in answers.items():
-                if query in seen and query not in answered:
-                    answered.add(query)
-                    os.write(master, reply)
+            # answered in the order asked, as a terminal does
+            for query in sorted((q for q in answers if q in seen and q not in answered), key=seen.index):
+                answered.add(query)
+                os.write(master, answers[query])
     finally:
         proc.kill()
         proc.wait()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from flux_tui.core import config, launch, runs
-from flux_tui.core.runs import CANCELLED, DONE, OOM, RunDir
+from flux_tui.core.runs import CANCELLED, DONE, FAILED, OOM, RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +93,18 @@ sample_every = 0
 eval_prompts = ["a photo of cr7man"]
 face_weights = "weights/vggface2-standin.pt"
 clip_model = "./models/no-such-clip"   # scoring cannot load it: the evaluation fails for real
+
+[[experiment]]
+name = "diverges"      # a learning rate no loss survives: not finite from step 2
+learning_rate = 1e30
+lr_scheduler = "constant"
+lr_warmup_steps = 0
+lora_dropout = 0.0
+random_flip = false
+gradient_accumulation_steps = 1
+max_train_steps = 200  # log points every 10 steps: step 2's loss is read with the steps after it
+checkpointing_steps = 1000
+sample_every = 0
 
 [[experiment]]
 name = "ctrlc"
@@ -291,6 +303,16 @@ def test_no_usable_photo_fails_with_a_message_that_says_so(tmp_path: Path) -> No
     with pytest.raises(NoImagesError, match=r"no usable training photo in .*photos.*skipped a\.png"):
         prepare_images(tmp_path / "photos", 64, tmp_path / "out", tmp_path / "cache", lines.append)
     assert any("a.png" in line for line in lines)
+
+
+def test_a_loss_that_stops_being_finite_fails_the_run_naming_its_step(ws: Path) -> None:
+    run = _run(ws, "diverges")
+    assert _train(run) == 1, run.train_log.read_text()
+    status = run.status()
+    assert status.state == FAILED and "the loss became nan at step 2" in status.message, status
+    # Losses are read from the device in batches, but only finite ones are recorded, and nothing is kept.
+    assert [e["step"] for e in run.iter_events("step")] == [1]
+    assert not run.checkpoints() and not run.lora_file.exists()
 
 
 def test_cuda_out_of_memory_ends_oom_with_a_hint(ws: Path) -> None:

@@ -22,6 +22,8 @@ from flux_tui.tui.app import FluxApp
 from flux_tui.tui.messages import TelemetryRead
 from flux_tui.tui.runview import RunGpu
 from flux_tui.tui.widgets.images import ImageWidget, Thumbnail
+from flux_tui.tui.widgets.lossplot import LossPlot
+from flux_tui.tui.widgets.sample import SampleView
 
 SIZE = (160, 45)
 SMALL = (80, 24)  # the smallest terminal the dashboard is laid out for
@@ -57,7 +59,10 @@ async def _settle(pilot: Pilot) -> None:
 
 async def _images_loaded(pilot: Pilot) -> None:
     def loaded() -> bool:
-        widgets = [w for w in pilot.app.screen.query(ImageWidget) if w.display]
+        screen = pilot.app.screen
+        if not all(v.ready for v in screen.query(SampleView)) or not all(p.ready for p in screen.query(LossPlot)):
+            return False  # the sample's image and the loss chart mount after the first frame
+        widgets = [w for w in screen.query(ImageWidget) if w.display]
         return all(w.image is not None for w in widgets if not _empty_sample(w))
 
     await _wait(pilot, loaded)

@@ -71,7 +71,7 @@ def _transformer(prepared: Prepared, settings: Settings, weight_dtype: torch.dty
     return transformer, params
 
 
-def _optimizer(settings: Settings, params: list[torch.nn.Parameter]):
+def _optimizer(settings: Settings, params: list[torch.nn.Parameter], fused: bool):
     s = settings
     if s.optimizer == "adamw8bit":
         try:
@@ -82,8 +82,10 @@ def _optimizer(settings: Settings, params: list[torch.nn.Parameter]):
             ) from None
         return bnb.optim.AdamW8bit(params, lr=s.learning_rate, weight_decay=s.adam_weight_decay)
     # fused: one kernel for every parameter instead of a loop of small operations per parameter (on the
-    # CPU a tenth of the time for the demo's 28 LoRA matrices); the LoRA is float32 wherever it trains
-    return torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.adam_weight_decay, fused=True)
+    # CPU a tenth of the time for the demo's 28 LoRA matrices; the LoRA is float32 wherever it trains). Not
+    # under fp16's gradient scaler: a fused step skips an overflowed update itself, and accelerate would
+    # then step the learning rate as if it had been made.
+    return torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.adam_weight_decay, fused=fused or None)
 
 
 def _resume(run: RunDir, settings: Settings, transformer, params, optimizer, lr_scheduler,
@@ -134,7 +136,7 @@ def build(run: RunDir, settings: Settings, prepared: Prepared, device: str) -> T
     random.seed(s.seed)
     generator = torch.Generator().manual_seed(s.seed)
     transformer, params = _transformer(prepared, s, weight_dtype, accelerator.device)
-    optimizer = _optimizer(s, params)
+    optimizer = _optimizer(s, params, fused=accelerator.scaler is None)
     lr_scheduler = get_scheduler(s.lr_scheduler, optimizer=optimizer, num_warmup_steps=s.lr_warmup_steps,
                                  num_training_steps=s.max_train_steps)  # fmt: skip
     start = _resume(run, s, transformer, params, optimizer, lr_scheduler, generator)
