@@ -63,7 +63,9 @@ def run_once(ws: Path, name: str, no_eval: bool) -> tuple[dict[str, float], dict
     argv = [sys.executable, "-m", "flux_tui.engine.train", str(run.path), *(["--no-eval"] if no_eval else [])]
     spawned = time.time()
     with open(run.train_log, "a", encoding="utf-8") as log:
-        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, env=os.environ.copy())
+        # cwd: the workspace, as the dashboard's launch; never the checkout, whose flux_tui `-m` would put
+        # first on sys.path ahead of PYTHONPATH (which is how a comparison picks the code to run)
+        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, cwd=ws)
     ended = time.time()
     if done.returncode:
         raise SystemExit(f"{name} failed (exit {done.returncode}); see {run.train_log}")

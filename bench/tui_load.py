@@ -90,6 +90,7 @@ def first_frame(file: Path) -> tuple[float, float]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "flux_tui", str(file)], stdin=slave, stdout=slave, stderr=slave,
         start_new_session=True, env={**os.environ, "TERM": "xterm-256color"},
+        cwd=file.parent,  # never the checkout: `-m` would put its flux_tui ahead of PYTHONPATH's
     )  # fmt: skip
     os.close(slave)
     seen = b""
