@@ -213,6 +213,10 @@ def test_the_second_run_of_a_sweep_reuses_the_caches(base: RunDir, alpha: RunDir
     assert (second["text_encoded"], second["text_reused"]) == (0, 1)
     index = [json.loads(line) for line in (Path(first["dir"]) / "index.jsonl").read_text().splitlines()]
     assert {r["run"] for r in index} == {"base"}
+    # The face crops too: every one was written by the first run, none (no face detection) by the second.
+    crops = list((Path(first["dir"]) / "crops").glob("*.png"))
+    started = next(alpha.iter_events("stage"))["t"]
+    assert len(crops) == 6 and all(p.stat().st_mtime < started for p in crops)
 
 
 def test_plain_diffusers_loads_the_lora_and_makes_the_trainers_images(alpha: RunDir) -> None:
