@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import psutil
+from code_under_test import describe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +187,7 @@ def main() -> int:
     print(
         f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; Python {sys.version.split()[0]}"
     )
+    print(describe())
     with tempfile.TemporaryDirectory(prefix="flux-tui-bench-") as tmp:
         file = make_workspace(Path(tmp) / "start", 11)
         frames = [first_frame(file) for _ in range(args.starts)]

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from code_under_test import describe
+
 SHORT, LONG = 50, 450
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # The experiments' shared settings (the demo's [defaults] supplies the models and the photos).
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: torch's choice)")
     args = parser.parse_args()
     check_reference(args.reference.resolve())
+    print(describe())
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", FLUX_TUI_OFFLINE="1")
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
