@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+# Tests of a terminal's Ctrl-C need SIGINT's default action in the processes they start. A suite started in
+# the background by a non-interactive shell (`pytest &`, a CI step, scripts/under-load.sh's caller) inherits
+# SIGINT ignored, and every process it starts would inherit that too (an ignored signal survives exec; a
+# handler does not).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

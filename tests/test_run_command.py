@@ -23,7 +23,7 @@ from flux_tui.core.scheduler import Scheduler
 STANDIN = Path(__file__).with_name("standin_trainer.py").resolve()
 
 
-def wait_for(pred, timeout: float = 30.0):
+def wait_for(pred, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := pred():

@@ -220,12 +220,12 @@ def test_a_pending_job_shows_its_reason_and_cancel_removes_it(slurm_cluster: Clu
     run = make_run(tmp_path)
     settings = SlurmSettings(partition=slurm_cluster.down_partition)
     job = submit(slurm_cluster, run, settings)
-    info = wait_for(lambda: (i := slurm.query_one(job)).reason and i, 30, "a pending reason")
+    info = wait_for(lambda: (i := slurm.query_one(job)).reason and i, 60, "a pending reason")
     assert info.pending and not info.running and not info.ended
     assert (info.state, info.reason, info.node) == ("PENDING", "PartitionDown", None)
     assert info.describe() == "PENDING (PartitionDown)"
     assert slurm.cancel(job) is True
-    info = wait_for(lambda: ended(job), 30, f"job {job} to end")
+    info = wait_for(lambda: ended(job), 60, f"job {job} to end")
     assert info.state == "CANCELLED"
     assert not run.train_log.exists()  # it never ran
 
@@ -281,7 +281,7 @@ def test_a_finished_job_is_still_found_once_squeue_has_forgotten_it(
     from_squeue = wait_for(lambda: ended(job), 60, f"job {job} to end")
     assert (from_squeue.source, from_squeue.state, from_squeue.exit_code) == ("squeue", "FAILED", 3)
     # squeue forgets a job MinJobAge after it ends (30 s on the local cluster): ask the accounting directly.
-    from_sacct = wait_for(lambda: slurm._sacct([job]).get(job), 30, "the job in sacct")
+    from_sacct = wait_for(lambda: slurm._sacct([job]).get(job), 60, "the job in sacct")
     assert from_sacct.source.startswith("sacct")
     assert (from_sacct.state, from_sacct.exit_code, from_sacct.node) == ("FAILED", 3, slurm_cluster.node)
 

@@ -166,7 +166,7 @@ def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
     assert cli(study, "submit", "a").returncode == 0
     run = run_of(study, "a")
     job = run.status().job_id
-    row = wait_for(lambda: (r := json.loads(cli(study, "status", "--json").stdout)[0])["job_reason"] and r, 30,
+    row = wait_for(lambda: (r := json.loads(cli(study, "status", "--json").stdout)[0])["job_reason"] and r, 60,
                    "the pending reason")  # fmt: skip
     assert (row["state"], row["job_id"], row["job_state"], row["job_reason"]) == (
         QUEUED, job, "PENDING", "PartitionDown")  # fmt: skip
@@ -178,7 +178,7 @@ def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
     assert out.returncode == 0 and f"a: Slurm job {job} taken off Slurm's queue (back to new)" in out.stdout
     st = run.status()
     assert (st.state, st.job_id, st.stop_signal) == (NEW, None, None)
-    assert wait_for(lambda: job_ended(job), 30, "the job to end").state == "CANCELLED"
+    assert wait_for(lambda: job_ended(job), 60, "the job to end").state == "CANCELLED"
     assert not run.train_log.exists() or not jobs_in_log(run)  # it never ran
 
 
@@ -272,7 +272,7 @@ def test_kill_is_slurms_cancel_and_the_run_ends_cancelled(slurm_root: Path) -> N
     out = cli(study, "stop", "a", "--kill")
     assert out.returncode == 0 and f"cancelled a's Slurm job {job}" in out.stdout
     assert wait_for(lambda: job_ended(job), 60, "the job to end").state == "CANCELLED"
-    st = wait_for(lambda: (s := run.status()).state != RUNNING and s, 30, "the run's end")
+    st = wait_for(lambda: (s := run.status()).state != RUNNING and s, 60, "the run's end")
     assert (st.state, st.stop_signal) == (CANCELLED, "SIGKILL")
     cli(study, "status")
     assert run.status().state == CANCELLED and jobs_in_log(run) == [job]
@@ -302,7 +302,7 @@ def test_a_pending_job_cancelled_outside_flux_tui_leaves_the_run_cancelled_not_q
     run = run_of(study, "a")
     job = run.status().job_id
     subprocess.run(["scancel", job], check=True, timeout=30)
-    wait_for(lambda: job_ended(job), 30, "the job to end")
+    wait_for(lambda: job_ended(job), 60, "the job to end")
     row = json.loads(cli(study, "status", "--json").stdout)[0]
     assert (row["state"], row["job_id"]) == (CANCELLED, job)
     assert row["message"] == f"Slurm job {job} was cancelled before its trainer started (scancel outside flux-tui)"
@@ -379,7 +379,7 @@ async def test_the_dashboard_shows_a_pending_job_with_its_reason_and_x_takes_it_
         def cell(name: str, column: str) -> str:
             return str(table.get_cell(name, column))
 
-        await until(pilot, lambda: cell("a", "state") == "PD PartitionDown", 30, "a pending in Slurm")
+        await until(pilot, lambda: cell("a", "state") == "PD PartitionDown", 60, "a pending in Slurm")
         job = a.status().job_id
         assert cell("a", "progress") == f"job {job}" and job in [j["id"] for j in jobs_under(slurm_root)]
         assert cell("b", "state") == "queued" and cell("b", "progress") == "queue #1"  # max_jobs = 1
@@ -389,11 +389,11 @@ async def test_the_dashboard_shows_a_pending_job_with_its_reason_and_x_takes_it_
 
         table.select("a")
         await pilot.press("x")
-        await until(pilot, lambda: a.status().state == NEW, 30, "a taken off Slurm's queue")
-        assert wait_for(lambda: job_ended(job), 30, "the job to end").state == "CANCELLED"
-        await until(pilot, lambda: cell("a", "state") == "new", 10, "the matrix to follow")
+        await until(pilot, lambda: a.status().state == NEW, 60, "a taken off Slurm's queue")
+        assert wait_for(lambda: job_ended(job), 60, "the job to end").state == "CANCELLED"
+        await until(pilot, lambda: cell("a", "state") == "new", 60, "the matrix to follow")
         # Its slot is free: the dashboard's queue submits b.
-        await until(pilot, lambda: cell("b", "state") == "PD PartitionDown", 30, "b submitted")
+        await until(pilot, lambda: cell("b", "state") == "PD PartitionDown", 60, "b submitted")
         Scheduler(study).stop("b")
 
 

@@ -61,7 +61,7 @@ async def test_launch_two_runs_stop_one_and_resume_it_then_both_finish_with_scor
         await pilot.press("enter")
         table.select("exp02")
         await pilot.press("enter")
-        await until(pilot, lambda: status(study, "exp02").state == RUNNING, 10, "exp02 to start")
+        await until(pilot, lambda: status(study, "exp02").state == RUNNING, 60, "exp02 to start")
         assert status(study, "exp01").state == RUNNING  # two slots: both run at once
         # exp02 is training: stop it with x, it checkpoints and ends cancelled
         await until(
@@ -74,7 +74,7 @@ async def test_launch_two_runs_stop_one_and_resume_it_then_both_finish_with_scor
         assert ckpt is not None
         # enter resumes it from that checkpoint
         await pilot.press("enter")
-        await until(pilot, lambda: app.views["exp02"].state == RUNNING, 10, "exp02 resumed")
+        await until(pilot, lambda: app.views["exp02"].state == RUNNING, 60, "exp02 resumed")
         await until(
             pilot, lambda: all(app.views[n].state == DONE for n in ("exp01", "exp02")), 240, "both runs done"
         )
@@ -92,7 +92,7 @@ async def test_launch_two_runs_stop_one_and_resume_it_then_both_finish_with_scor
         )
         screen.query_one("#detail-tabs").active = "tab-eval"
         grid = screen.query_one("#eval-grid")
-        thumbs = await until(pilot, lambda: list(grid.query(Thumbnail)), 10, "thumbnails")
+        thumbs = await until(pilot, lambda: list(grid.query(Thumbnail)), 60, "thumbnails")
         prompts = config.load(study.file).get("exp02").settings.eval_prompts
         assert [t.caption.split("\n")[0] for t in thumbs] == prompts
         assert all(t.query_one(ImageWidget).image is not None for t in thumbs)
@@ -166,7 +166,7 @@ async def test_killing_the_dashboard_leaves_the_run_going_and_a_new_dashboard_fi
         assert str(table.get_cell("exp01", "state")).startswith("running")
         assert app.views["exp01"].status.pid == st.pid
         log = app.screen.query_one(LogPane)
-        await until(pilot, lambda: log.run_name == "exp01" and log.line_count > 0, 10, "the log")
+        await until(pilot, lambda: log.run_name == "exp01" and log.line_count > 0, 60, "the log")
         before = log.line_count
         await until(pilot, lambda: app.views["exp01"].state == DONE, 180, "exp01 done")
         assert log.line_count > before  # lines kept arriving while attached

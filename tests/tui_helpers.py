@@ -352,7 +352,7 @@ class FixedTelemetry:
 HOST = socket.gethostname()
 
 
-async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+async def until(pilot: Pilot, pred: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
     """Let the app run until `pred()` is true (and return it); fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

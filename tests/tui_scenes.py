@@ -39,7 +39,7 @@ class Scene:
     sweep: bool = False  # the shipped 11-run study, all scored, instead of runs in every state
 
 
-async def _wait(pilot: Pilot, pred: Callable[[], object], timeout: float = 10.0) -> None:
+async def _wait(pilot: Pilot, pred: Callable[[], object], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
