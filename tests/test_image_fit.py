@@ -93,3 +93,24 @@ def test_fit_cells_fills_the_limiting_dimension() -> None:
     assert fit_cells((64, 256), (40, 12), (10, 20)) == (6, 12)
     assert fit_cells((0, 0), (40, 12), (10, 20)) == (0, 0)
     assert fit_cells((64, 64), (0, 12), (10, 20)) == (0, 0)
+
+
+async def test_an_image_set_between_compose_and_mount_is_shown() -> None:
+    # A loader thread's call_from_thread can land after compose made the inner widget and before the mount:
+    # the image must still reach the inner widget (it was lost, and the sample pane stayed empty).
+    picture = Image.new("RGB", (64, 64), "red")
+
+    class SetWhileComposing(FittedImage):
+        def compose(self) -> ComposeResult:
+            yield from super().compose()
+            self.image = picture
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield SetWhileComposing(id="img")
+
+    app = Host()
+    async with app.run_test(size=(80, 24)) as pilot:
+        inner = app.query_one("#img").query_one(ImageWidget)
+        await until(pilot, lambda: drawn_cells(inner) != (0, 0), what="the picture drawn")
+        assert inner.image is picture

@@ -167,6 +167,9 @@ class FittedImage(Container):
             self.query_one(load_image_support()).image = value
 
     def on_mount(self) -> None:
+        inner = self.query_one(load_image_support())
+        if inner.image is not self._image:  # set after compose made the inner widget, before this mount
+            inner.image = self._image
         self._fit()
 
     def on_resize(self, _event: Resize) -> None:
