@@ -26,23 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from code_under_test import describe
+from vs_reference import OURS
 
-SETTINGS = """
-[[experiment]]
-name = "floor"
-max_train_steps = 100000
-learning_rate = 1e-4
-lr_scheduler = "constant"
-lr_warmup_steps = 0
-lora_rank = 4
-lora_alpha = 4
-lora_target_modules = ["to_q", "to_k", "to_v", "to_out.0"]
-max_sequence_length = 32
-resolution = 64
-random_flip = false
-mixed_precision = "no"
-seed = 42
-"""
+# vs_reference.py's settings, so the two benches' figures can be read side by side.
+SETTINGS = f'\n[[experiment]]\nname = "floor"\nmax_train_steps = 100000\n{OURS}'
 
 
 def per_step(fn: Callable[[], object], steps: int) -> float:
