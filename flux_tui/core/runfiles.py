@@ -164,7 +164,7 @@ def read_strict(path: Path, adapter: TypeAdapter[T], required: tuple[str, ...] =
 class RunFile(BaseModel):
     """run.json (written by `RunDir.write_run`; pseudo-runs add kind, lora, source_run, variant...)."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, defer_build=True)
 
     name: Text | None = None
     number: Int | None = None
@@ -228,7 +228,7 @@ def _metric_fields(keys: tuple[str, ...] | None = None) -> dict[str, Any]:
             for m in METRICS if keys is None or m.key in keys}  # fmt: skip
 
 
-_ROW = ConfigDict(extra="allow", allow_inf_nan=False)
+_ROW = ConfigDict(extra="allow", allow_inf_nan=False, defer_build=True)
 PerImage = create_model(
     "PerImage", __config__=_ROW, image=(PathText | None, None), prompt=(Text | None, None), seed=(Int | None, None),
     guidance_scale=(Number | None, None), face=(Flag | None, None), **_metric_fields(),
@@ -345,7 +345,7 @@ def read_scores(path: Path) -> Read[dict[str, Any]]:
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, defer_build=True)
 
     type: Text
     t: Time | None = None

@@ -84,7 +84,7 @@ READ_ONLY = ("damage", "recovered")  # Status fields found when reading, never w
 
 @dataclass
 class Status:
-    __pydantic_config__ = ConfigDict(allow_inf_nan=False)  # status.json is validated against these fields
+    __pydantic_config__ = ConfigDict(allow_inf_nan=False, defer_build=True)  # status.json is validated against these fields
 
     state: State = NEW
     stage: Text | None = None
