@@ -82,6 +82,7 @@ class FluxApp(App[int]):
         self.run_gpus: list[RunGpu] = []
         self.term_sent: dict[str, float] = {}  # run -> when this dashboard sent it SIGTERM
         self.ready = asyncio.Event()  # set once the first full scan of the run folders has arrived
+        self.drawn = asyncio.Event()  # set once the first frame is on the terminal (workers.after_first_frame)
         self.watcher: Watcher | None = None
         if watch:
             self.watcher = Watcher(
@@ -100,14 +101,20 @@ class FluxApp(App[int]):
         return list(gpus()) if callable(gpus) else []
 
     def on_mount(self) -> None:
-        if self.watcher is not None:
-            self.watcher.start()
         # What `flux-tui check` warns about (a missing photo folder) would scroll away under the app.
         for problem in self.study.warnings:
             self.notify(str(problem), title="experiments.toml", severity="warning", timeout=15)
 
-    def on_unmount(self) -> None:
+    def on_ready(self) -> None:
+        """Textual's `Ready`: the first frame is on the terminal. The watcher starts only now: its first scan
+        would hold the GIL half the time while that frame is laid out (the frame shows each run's state from
+        status.json, read in __init__)."""
+        self.drawn.set()
         if self.watcher is not None:
+            self.watcher.start()
+
+    def on_unmount(self) -> None:
+        if self.watcher is not None and self.watcher.ident is not None:  # started (an app can end before Ready)
             self.watcher.stop()
             self.watcher.join(timeout=2)
 

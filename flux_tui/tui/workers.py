@@ -11,12 +11,15 @@ checks the rule over the source.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
+from textual.widget import Widget
 from textual.worker import Worker, WorkerState
 
 LOG_NAME = "dashboard.log"
@@ -25,6 +28,23 @@ LOG_NAME = "dashboard.log"
 def background(*, group: str = "default", exclusive: bool = True):
     """`@work` for the dashboard: in a thread, never closing the app when it raises."""
     return work(thread=True, exclusive=exclusive, group=group, exit_on_error=False)
+
+
+def after_first_frame(widget: Widget, callback: Callable[[], object]) -> None:
+    """Call `callback` on the event loop once the app's first frame is on the terminal (the `drawn` event
+    FluxApp sets on Textual's `Ready`); at once when it is there already, or in an app without that event.
+    Textual's `call_after_refresh` is not enough: the first frame takes several refreshes, and a thread
+    started from one holds the GIL half the time while the frame is laid out."""
+    drawn = getattr(widget.app, "drawn", None)
+    if not isinstance(drawn, asyncio.Event) or drawn.is_set():
+        callback()
+        return
+
+    async def when_drawn() -> None:
+        await drawn.wait()
+        callback()
+
+    widget.run_worker(when_drawn(), group="first-frame", exclusive=False, exit_on_error=False)
 
 
 class RelayWorkerErrors:

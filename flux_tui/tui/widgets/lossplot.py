@@ -13,7 +13,7 @@ from typing import Any
 
 from textual.containers import Vertical
 
-from flux_tui.tui.workers import RelayWorkerErrors, background
+from flux_tui.tui.workers import RelayWorkerErrors, after_first_frame, background
 
 CHART_MODULE = "flux_tui.tui.widgets.losschart"
 
@@ -39,7 +39,7 @@ class LossPlot(RelayWorkerErrors, Vertical):
         if CHART_MODULE in sys.modules:  # loaded already: no reason to wait
             self._mount_chart()
         else:
-            self.call_after_refresh(self._load_chart)  # after the first frame
+            after_first_frame(self, self._load_chart)
 
     @background(group="loss-chart")
     def _load_chart(self) -> None:

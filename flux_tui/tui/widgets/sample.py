@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import Label
 
 from flux_tui.tui.widgets.images import FittedImage, load_image_support, load_thumbnail
-from flux_tui.tui.workers import RelayWorkerErrors, background
+from flux_tui.tui.workers import RelayWorkerErrors, after_first_frame, background
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -44,7 +44,7 @@ class SampleView(RelayWorkerErrors, Vertical):
         yield Label("no sample yet", id="sample-caption", markup=False)
 
     def on_mount(self) -> None:
-        self.call_after_refresh(self._load_support)  # after the first frame
+        after_first_frame(self, self._load_support)
 
     @background(group="image-support")
     def _load_support(self) -> None:
