@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, help="a built demo workspace (default: build one)")
     parser.add_argument("--steps", type=int, default=100, help="steps per round (default 100)")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="with torch_compile = true (the warm-up "
+                        "waits for the compiler, once with gradients and once without)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -70,8 +72,9 @@ def main() -> None:
             shutil.copytree(args.workspace, ws, ignore=shutil.ignore_patterns("runs", ".flux-tui"))
         toml = ws / "experiments.toml"
         toml.write_text(
-            toml.read_text(encoding="utf-8").split("[[experiment]]")[0] + SETTINGS, encoding="utf-8"
-        )
+            toml.read_text(encoding="utf-8").split("[[experiment]]")[0] + SETTINGS
+            + f"torch_compile = {str(args.compile).lower()}\n", encoding="utf-8",
+        )  # fmt: skip
         study = config.load(toml)
         run = runs.prepare(study, study.experiments[0])
         settings = config.settings_from_dict(run.config())
@@ -88,9 +91,8 @@ def main() -> None:
             "forward+backward": per_step(lambda: train_model._loss(t, 0).backward(), args.steps),
             "train_step": per_step(lambda: train_model.train_step(settings, t, next(step)), args.steps),
         }
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), ms per step (median of 5 rounds)"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
+          f"{'compiled blocks' if args.compile else 'eager'}, ms per step (median of 5 rounds)")  # fmt: skip
     for name, ms in figures.items():
         print(f"  {name:17s} {ms:7.2f} ms")
     around = figures["train_step"] - figures["forward+backward"]

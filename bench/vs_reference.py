@@ -19,6 +19,8 @@ start-up and the final save cancelled out. Runs alternate (ours 50, ours 450, re
 so that a busy machine slows both alike; the figures are medians over --repeats.
 
 Takes about 1.5 minutes per repeat on an idle 2-core machine (4.5 minutes with the default 3).
+--compile runs flux-tui with `torch_compile = true` (each of its processes compiles the transformer's
+blocks first; the wait is part of the start-up, which the marginal step cancels out).
 --threads sets OMP_NUM_THREADS for both (on a machine shared with other work, 1 gives steadier figures:
 oversubscribed OpenMP threads spin and slow tiny models tenfold).
 """
@@ -63,10 +65,11 @@ seed = 42
 """
 
 
-def study_text(demo_toml: str) -> str:
+def study_text(demo_toml: str, compile_blocks: bool = False) -> str:
     """The demo's study file with its experiments replaced by one per step count."""
     head = demo_toml.split("[[experiment]]")[0]
-    experiments = "".join(f'\n[[experiment]]\nname = "steps{n}"\nmax_train_steps = {n}\n{OURS}'
+    ours = OURS + f"torch_compile = {str(compile_blocks).lower()}\n"
+    experiments = "".join(f'\n[[experiment]]\nname = "steps{n}"\nmax_train_steps = {n}\n{ours}'
                           for n in (1, SHORT, LONG))  # fmt: skip
     return head + experiments
 
@@ -162,6 +165,8 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, help="a built demo workspace to copy (default: build one)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per program and length (default 3)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="flux-tui with torch_compile = true (the "
+                        "reference has no such option; the compile time cancels out like the start-up)")
     args = parser.parse_args()
     check_reference(args.reference.resolve())
     print(describe())
@@ -177,7 +182,7 @@ def main() -> None:
         ws = tmp / "ws"
         shutil.copytree(args.workspace, ws, ignore=shutil.ignore_patterns("runs", ".flux-tui"))
         toml = ws / "experiments.toml"
-        toml.write_text(study_text(toml.read_text(encoding="utf-8")), encoding="utf-8")
+        toml.write_text(study_text(toml.read_text(encoding="utf-8"), args.compile), encoding="utf-8")
         bench = Bench(args.reference.resolve(), ws, tmp, env)
         bench.ours(1)  # fills the sweep's cache: every timed run reads its latents and prompt from it
         times: dict[str, list[Timing]] = {"ours50": [], "ours450": [], "ref50": [], "ref450": []}

@@ -80,6 +80,7 @@ class Settings(BaseModel):
     mixed_precision: Literal[PRECISIONS] = Field("bf16", description=f"one of {', '.join(PRECISIONS)}")  # type: ignore[valid-type]
     quantize: Literal[QUANTIZE] = Field("none", description=f"one of {', '.join(QUANTIZE)}")  # type: ignore[valid-type]
     gradient_checkpointing: bool = Field(True, description="true or false")
+    torch_compile: bool = Field(False, description="true or false (compile the transformer's blocks)")
     guidance_scale: float = Field(3.5, ge=1, description="the guidance embedding used in training, >= 1")
     weighting_scheme: Literal[WEIGHTING] = Field("none", description=f"one of {', '.join(WEIGHTING)}")  # type: ignore[valid-type]
     max_sequence_length: PosInt = Field(512, le=512, description="an integer in 1..512")
@@ -160,6 +161,10 @@ EVAL_KEYS = frozenset(
         "eval_resolution", "clip_model", "face_weights", "eval_checkpoints", "real_name",
     }
 )  # fmt: skip
+# How a run computes, not what it trains: changing one never makes a run stale, and it is not a factor of the
+# study's comparisons. (torch.compile's kernels round a little differently from eager ones: a run resumed
+# with it switched ends close to, not exactly at, the uninterrupted run's weights.)
+RUNTIME_KEYS = frozenset({"torch_compile"})
 PATH_KEYS = ("data_dir", "face_weights")
 MODEL_KEYS = ("base_model", "clip_model")  # a hub id or a local folder (see is_local_path)
 ROW_KEYS = ("name", "number", "group", "description")
@@ -295,7 +300,7 @@ class Experiment:
 
     @property
     def train_hash(self) -> str:
-        return _hash({k: v for k, v in self.config_dict().items() if k not in EVAL_KEYS})
+        return _hash({k: v for k, v in self.config_dict().items() if k not in EVAL_KEYS | RUNTIME_KEYS})
 
     @property
     def config_hash(self) -> str:

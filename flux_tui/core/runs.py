@@ -39,7 +39,7 @@ from typing_extensions import TypedDict  # pydantic validates only this one on P
 
 from flux_tui.core import curve as curves
 from flux_tui.core import procs, runfiles, runlock
-from flux_tui.core.config import EVAL_KEYS, Experiment, Study
+from flux_tui.core.config import EVAL_KEYS, RUNTIME_KEYS, Experiment, Study
 from flux_tui.core.fsutil import append_jsonl, append_jsonl_records, atomic_write_json
 from flux_tui.core.runfiles import Count, Int, Pid, Read, Text, Texts, Time
 
@@ -227,12 +227,14 @@ class RunDir:
         )
 
     def changed_keys(self, experiment: Experiment) -> list[str]:
-        """Settings whose value differs between the run's folder and the file now (empty: not stale)."""
+        """Settings whose value differs between the run's folder and the file now (empty: not stale). Runtime
+        settings (`torch_compile`) are left out: they change how a run computes, not what it trains."""
         stored = self.config()
         if not stored:
             return []
         current = experiment.config_dict()
-        return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        keys = (set(stored) | set(current)) - RUNTIME_KEYS
+        return sorted(k for k in keys if stored.get(k) != current.get(k))
 
     def stale(self, experiment: Experiment) -> str | None:
         """None when the folder matches the file, else a one-line reason naming the changed keys."""

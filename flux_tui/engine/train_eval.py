@@ -32,7 +32,7 @@ from flux_tui.core import curve as curves
 from flux_tui.core.config import Settings
 from flux_tui.core.metrics import FACE_DISTANCE, figures, metric
 from flux_tui.core.runs import RunDir
-from flux_tui.engine import checkpoint, lora, pipeline
+from flux_tui.engine import checkpoint, compile_blocks, lora, pipeline
 from flux_tui.engine.device import is_oom
 from flux_tui.engine.evaluate import SUMMARY_KEYS, ModelCache, grid_settings, score_images_of
 from flux_tui.engine.faults import Faults
@@ -57,8 +57,8 @@ class TrainedImages:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Any]:
-        """A pipeline around the model (in eval mode, without gradients) with the VAE on the device; the
-        model's mode and the VAE's place on the CPU come back after."""
+        """A pipeline around the model (in eval mode, without gradients, its blocks uncompiled) with the VAE
+        on the device; the model's mode and the VAE's place on the CPU come back after."""
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         p = self.prepared
@@ -74,7 +74,7 @@ class TrainedImages:
         )  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
         try:
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast(), compile_blocks.eager(self.model):
                 yield pipe
         finally:
             self._vae.to("cpu")

@@ -19,7 +19,7 @@ from diffusers import FluxPipeline
 
 from flux_tui.core.config import Settings
 from flux_tui.core.runs import RunDir
-from flux_tui.engine import checkpoint, lora, models
+from flux_tui.engine import checkpoint, compile_blocks, lora, models
 from flux_tui.engine.models import MissingLibraryError
 from flux_tui.engine.runlog import log
 from flux_tui.engine.train_batch import Batches, VaeLatents
@@ -68,6 +68,9 @@ def _transformer(prepared: Prepared, settings: Settings, weight_dtype: torch.dty
     params = lora.add_lora(transformer, s)
     log(f"train: LoRA rank {s.lora_rank}, alpha {s.alpha} on {', '.join(s.lora_target_modules)}: "
         f"{sum(p.numel() for p in params):,} trainable parameters")  # fmt: skip
+    if s.torch_compile:
+        n = compile_blocks.compile_blocks(transformer)
+        log(f"train: torch.compile on the transformer's {n} blocks: the first step waits for the compiler")
     return transformer, params
 
 
