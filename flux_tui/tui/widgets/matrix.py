@@ -166,6 +166,10 @@ class MatrixTable(DataTable):
         self.columns_shown: tuple[Column, ...] = COLUMNS
 
     def on_mount(self) -> None:
+        # The columns for the terminal's width from the start (the matrix spans it): laid out for every
+        # column, the first resize would rebuild the table and draw the first frame twice.
+        if self.app.size.width:
+            self.columns_shown = fitting_columns(self._name_width(), self.app.size.width - 2)
         self._add_columns()
         self.rebuild()
 
