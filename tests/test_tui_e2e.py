@@ -80,7 +80,8 @@ async def test_launch_two_runs_stop_one_and_resume_it_then_both_finish_with_scor
         )
         for name in ("exp01", "exp02"):
             assert app.views[name].score("clip_score") is not None
-            assert str(table.get_cell(name, "clip_score")) != ""
+            # the app has the views first; the matrix gets them through the dashboard's own message queue
+            await until(pilot, lambda n=name: str(table.get_cell(n, "clip_score")) != "", 30, f"{name}'s CLIP cell")
             assert str(table.get_cell(name, "progress")) == f"{app.views[name].total}/{app.views[name].total}"
         log = RunDir(study.workspace.runs_dir / "exp02").train_log.read_text()
         assert log.count("=== launched") == 2 and ckpt.name in log  # the second launch resumed from it
