@@ -16,6 +16,7 @@ from textual.widgets import Static
 from tui_helpers import FixedTelemetry, populated_study, sleeper, until
 
 from flux_tui.core import runs
+from flux_tui.tui import app as app_module
 from flux_tui.tui.app import FluxApp
 from flux_tui.tui.screens.base import StudyScreen
 from flux_tui.tui.screens.closing import ClosesOnce
@@ -74,8 +75,22 @@ def workspace(tmp_path: Path):
     proc.wait()
 
 
-def fast_app(study, **kwargs) -> FluxApp:
-    return FluxApp(study, run_queue=False, telemetry=FixedTelemetry(), interval=0.05, status_every=0.05,
+class Recording(FluxApp):
+    """The dashboard, noting each launch it asks for (and asking for it as always)."""
+
+    CSS_PATH = str(Path(app_module.__file__).with_name(FluxApp.CSS_PATH))  # Textual reads it beside the subclass
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.submitted: list[str] = []
+
+    def do_submit(self, name: str) -> None:
+        self.submitted.append(name)
+        super().do_submit(name)
+
+
+def fast_app(study, cls: type[FluxApp] = FluxApp, **kwargs) -> FluxApp:
+    return cls(study, run_queue=False, telemetry=FixedTelemetry(), interval=0.05, status_every=0.05,
                    telemetry_every=0.2, **kwargs)  # fmt: skip
 
 
@@ -90,6 +105,35 @@ async def test_two_enters_in_one_read_on_the_sort_dialog_sort_once(workspace) ->
         await pilot.pause()
         assert app.is_running and app.screen.query_one(MatrixTable).sort_column == "number"
         assert app.screen.query_one(MatrixTable).sort_reverse is False  # picked once, not reversed by a second pick
+
+
+async def test_enter_in_the_same_read_as_a_key_that_opens_a_screen_never_launches_a_run(workspace) -> None:
+    app = fast_app(workspace, Recording)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        matrix = app.screen.query_one(MatrixTable)
+        matrix.select("exp06")  # new: Enter on the dashboard would launch it
+        await pilot.pause()
+        batch(app, ["s", "enter"])  # meant for the sort dialog `s` opens: it picks there, or is dropped
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen) or matrix.sort_column == "number")
+        await pilot.pause(0.2)
+        assert app.submitted == []
+        if isinstance(app.screen, ChoiceScreen):
+            batch(app, ["escape"])
+        await until(pilot, lambda: app.screen.id == "dashboard")
+        batch(app, ["d", "enter", "x"])  # the detail opens; neither Enter nor x acts on the dashboard under it
+        await until(pilot, lambda: isinstance(app.screen, RunDetailScreen))
+        await pilot.pause(0.2)
+        assert app.submitted == [] and not app.term_sent
+        batch(app, ["escape"])
+        await until(pilot, lambda: app.screen.id == "dashboard")
+        await pilot.press("enter")  # alone, on the matrix: it launches
+        assert app.submitted == ["exp06"]
+        await pilot.press("slash", "e", "x", "p", "enter")  # Enter in the filter box ends the filtering
+        await until(pilot, lambda: matrix.has_focus)
+        assert app.submitted == ["exp06"]
+        await pilot.press("l", "enter")  # and from the log pane it launches too
+        assert app.submitted == ["exp06", "exp06"] and app.is_running
 
 
 async def test_keys_arriving_while_each_pushed_screen_closes_close_only_it(workspace) -> None:

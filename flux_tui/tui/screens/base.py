@@ -33,6 +33,13 @@ class StudyScreen(RelayWorkerErrors, Screen):
         super().__init__(**kwargs)
         self._study = study
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A screen's keys act only while it is the one shown. One read of the terminal can hold `s` and
+        Enter: each key goes to the widget focused when it arrived, so the Enter reaches this screen after
+        `s` opened the sort dialog over it, and would launch the selected run instead of picking a column.
+        (None: shown, dimmed, in a key bar still visible under a dialog.)"""
+        return True if self.is_active else None
+
     @property
     def host(self) -> StudyHost:
         return self.app  # type: ignore[return-value]

@@ -35,7 +35,7 @@ DEMO_MARKER = ".flux-tui-demo.json"  # written by the demo builder at the worksp
 
 class DashboardScreen(StudyScreen):
     BINDINGS = [
-        Binding("enter", "launch", "Launch", priority=True, tooltip="launch the selected run now, or resume it from "
+        Binding("enter", "launch", "Launch", tooltip="launch the selected run now, or resume it from "
                 "its last checkpoint (first in the queue when every slot is busy)"),
         Binding("a", "queue_all", "Queue all", tooltip="queue every run that is not done yet"),
         Binding("x", "stop", "Stop", tooltip="stop the selected run: SIGTERM to its process group, so it saves a "
@@ -197,9 +197,6 @@ class DashboardScreen(StudyScreen):
         return name
 
     def action_launch(self) -> None:
-        if isinstance(self.focused, Input):
-            self.matrix.focus()  # enter in the filter box: done filtering
-            return
         name = self._selected()
         if name:
             self.app.do_submit(name)
@@ -287,6 +284,10 @@ class DashboardScreen(StudyScreen):
     def sort_by(self, key: str, reverse: bool | None = None) -> None:
         self.matrix.sort_by(key, reverse)
         self._update_summary()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        self.matrix.focus()  # enter in the filter box: done filtering
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 from flux_tui.core.config import Experiment, Study
@@ -153,6 +154,10 @@ class MatrixTable(DataTable):
     DEFAULT_CSS = """
     MatrixTable { height: auto; max-height: 50%; }
     """
+    # Enter launches the selected run (the screen's action, so the screen decides whether it may act now);
+    # a table's own Enter would only post a selection. Not a priority binding: that would act on the
+    # dashboard before keys already on their way to this table, such as the `s` that opens the sort dialog.
+    BINDINGS = [Binding("enter", "screen.launch", "Launch", tooltip="launch the selected run now, or resume it")]
 
     def __init__(self, study: Study, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
