@@ -182,6 +182,25 @@ def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
     assert not run.train_log.exists() or not jobs_in_log(run)  # it never ran
 
 
+def test_a_run_whose_job_waits_in_slurms_queue_is_not_reset_until_it_is_taken_off(
+    slurm_root: Path, slurm_cluster: Cluster
+) -> None:
+    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
+    assert cli(study, "submit", "a").returncode == 0
+    run = run_of(study, "a")
+    job = run.status().job_id
+    refused = cli(study, "reset", "a")
+    assert refused.returncode != 0
+    assert f"a is waiting in the batch queue as job {job}: take it off the queue first" in refused.stderr
+    assert run.status().job_id == job and [j["id"] for j in jobs_under(slurm_root)] == [job]  # nothing moved
+
+    assert cli(study, "stop", "a").returncode == 0
+    wait_for(lambda: job_ended(job), 60, "the job to end")
+    done = cli(study, "reset", "a")
+    assert done.returncode == 0, done.stderr
+    assert not run.path.exists() and any((study.workspace.runs_dir / ".old").iterdir())
+
+
 def test_a_live_job_of_the_run_that_status_json_does_not_name_is_taken_not_doubled(
     slurm_root: Path, slurm_cluster: Cluster
 ) -> None:

@@ -5,7 +5,8 @@ This is how a stale run (trained with settings the file no longer has) is traine
 folder is cleared out of the way. The dashboard's reset key and `flux-tui reset` both come here.
 
 A reset is refused while anything may still write into the folder: a process holding the run's ownership
-lock (`core/runlock.py`), or a status that says running with a live process (or on another machine). It runs
+lock (`core/runlock.py`), a status that says running with a live process (or on another machine), or a
+batch job (Slurm) still waiting in its queue to start the trainer. It runs
 under the workspace queue lock and holds the run's own lock while it renames, so no launch can slip in
 between the check and the move.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from flux_tui.core import runlock
 from flux_tui.core.fsutil import file_lock
-from flux_tui.core.runs import RUNNING, RunDir
+from flux_tui.core.runs import QUEUED, RUNNING, RunDir
 
 OLD_DIR = ".old"  # under the runs folder: where reset runs' folders go
 QUEUE_LOCK = ".queue.lock"  # the scheduler's workspace lock (core/scheduler.py)
@@ -59,6 +60,10 @@ def check_resettable(run: RunDir) -> None:
         raise ResetRefused(f"{run.name} is owned by {who} (it holds {runlock.lock_path_hint(run.name)}): "
                            "stop it first and let it end")  # fmt: skip
     status = run.status()
+    if status.state == QUEUED and status.job_id:
+        # A batch job waiting in Slurm's queue would start the trainer on this folder's name after the move.
+        raise ResetRefused(f"{run.name} is waiting in the batch queue as job {status.job_id}: take it off the "
+                           "queue first (x, or flux-tui stop), then reset")  # fmt: skip
     if status.state != RUNNING:
         return
     if status.host and status.host != socket.gethostname():
