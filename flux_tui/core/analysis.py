@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flux_tui.core import curve as curves
-from flux_tui.core.config import EVAL_KEYS, RUNTIME_KEYS
+from flux_tui.core.config import UNTRAINED_KEYS
 from flux_tui.core.metrics import BY_KEY, CLIP_SCORE, FACE_DISTANCE, FACELESS, SCORE_KEYS, SCORES, metric
 from flux_tui.core.results import RunRecord
 
@@ -238,7 +238,7 @@ def find_effects(records: list[RunRecord], key: str) -> Effect:
         # Alpha left unset follows the rank, so a rank comparison does not hold it fixed.
         others = {
             k: v for k, v in r.config.items()
-            if k not in EVAL_KEYS | RUNTIME_KEYS and k != key and not (key == "lora_rank" and k == "lora_alpha" and v is None)
+            if k not in UNTRAINED_KEYS and k != key and not (key == "lora_rank" and k == "lora_alpha" and v is None)
         }  # fmt: skip
         groups[repr(sorted(others.items()))].append(r)
     comparisons = []

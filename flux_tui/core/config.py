@@ -165,6 +165,7 @@ EVAL_KEYS = frozenset(
 # study's comparisons. (torch.compile's kernels round a little differently from eager ones: a run resumed
 # with it switched ends close to, not exactly at, the uninterrupted run's weights.)
 RUNTIME_KEYS = frozenset({"torch_compile"})
+UNTRAINED_KEYS = EVAL_KEYS | RUNTIME_KEYS  # changing one leaves a trained LoRA valid
 PATH_KEYS = ("data_dir", "face_weights")
 MODEL_KEYS = ("base_model", "clip_model")  # a hub id or a local folder (see is_local_path)
 ROW_KEYS = ("name", "number", "group", "description")
@@ -300,7 +301,7 @@ class Experiment:
 
     @property
     def train_hash(self) -> str:
-        return _hash({k: v for k, v in self.config_dict().items() if k not in EVAL_KEYS | RUNTIME_KEYS})
+        return _hash({k: v for k, v in self.config_dict().items() if k not in UNTRAINED_KEYS})
 
     @property
     def config_hash(self) -> str:
