@@ -64,6 +64,14 @@ def run_of(study: config.Study, name: str) -> RunDir:
     return RunDir(study.workspace.runs_dir / name)
 
 
+def submitted_pending(root: Path, cluster: Cluster) -> tuple[config.Study, RunDir, str]:
+    """A one-run study ("a") submitted to the cluster's down partition: its job waits (PartitionDown)."""
+    study = make_study(root, ["a"], f'partition = "{cluster.down_partition}"')
+    assert cli(study, "submit", "a").returncode == 0
+    run = run_of(study, "a")
+    return study, run, run.status().job_id
+
+
 def jobs_under(root: Path, *, every_state: bool = False) -> list[dict[str, str]]:
     """The jobs whose folder is under `root` as squeue lists them now: id, name, state, reason."""
     cmd = ["squeue", "--noheader", "--Format=JobID:|,Name:|,State:|,Reason:|,WorkDir:|"]
@@ -162,10 +170,7 @@ def test_submit_all_sends_each_run_as_one_job_and_the_jobs_advance_the_queue_wit
 def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
     slurm_root: Path, slurm_cluster: Cluster
 ) -> None:
-    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
-    assert cli(study, "submit", "a").returncode == 0
-    run = run_of(study, "a")
-    job = run.status().job_id
+    study, run, job = submitted_pending(slurm_root, slurm_cluster)
     row = wait_for(lambda: (r := json.loads(cli(study, "status", "--json").stdout)[0])["job_reason"] and r, 60,
                    "the pending reason")  # fmt: skip
     assert (row["state"], row["job_id"], row["job_state"], row["job_reason"]) == (
@@ -185,10 +190,7 @@ def test_a_pending_job_shows_slurms_reason_and_stop_takes_it_off_slurms_queue(
 def test_a_run_whose_job_waits_in_slurms_queue_is_not_reset_until_it_is_taken_off(
     slurm_root: Path, slurm_cluster: Cluster
 ) -> None:
-    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
-    assert cli(study, "submit", "a").returncode == 0
-    run = run_of(study, "a")
-    job = run.status().job_id
+    study, run, job = submitted_pending(slurm_root, slurm_cluster)
     refused = cli(study, "reset", "a")
     assert refused.returncode != 0
     assert f"a is waiting in the batch queue as job {job}: take it off the queue first" in refused.stderr
@@ -316,10 +318,7 @@ def test_a_pending_job_cancelled_outside_flux_tui_leaves_the_run_cancelled_not_q
     slurm_root: Path, slurm_cluster: Cluster
 ) -> None:
     """The job never ran, so no queue step: whoever looks next learns it from Slurm."""
-    study = make_study(slurm_root, ["a"], f'partition = "{slurm_cluster.down_partition}"')
-    assert cli(study, "submit", "a").returncode == 0
-    run = run_of(study, "a")
-    job = run.status().job_id
+    study, run, job = submitted_pending(slurm_root, slurm_cluster)
     subprocess.run(["scancel", job], check=True, timeout=30)
     wait_for(lambda: job_ended(job), 60, "the job to end")
     row = json.loads(cli(study, "status", "--json").stdout)[0]
@@ -344,11 +343,14 @@ def test_a_job_that_ends_before_its_trainer_starts_fails_the_run_and_the_queue_g
 
 def test_a_run_longer_than_its_time_limit_is_resubmitted_until_done(slurm_root: Path) -> None:
     """`time = "1"`: Slurm signals at its first time-limit check (within ~30 s); the stand-in checkpoints, the
-    job's queue step resubmits the run, the next job resumes it, until it is done."""
+    job's queue step resubmits the run, the next job resumes it, until it is done. The stand-in needs longer
+    than the latest that signal can come (the limit less its 15 s grace, plus one 30 s check: 75 s), or one
+    job may finish it before any signal."""
+    steps = 900  # 0.1 s each: 90 s
     study = make_study(slurm_root, ["a"], 'time = "1"')
-    assert cli(study, "submit", "a", STANDIN_STEPS="400", STANDIN_SLEEP="0.1").returncode == 0
+    assert cli(study, "submit", "a", STANDIN_STEPS=str(steps), STANDIN_SLEEP="0.1").returncode == 0
     run = run_of(study, "a")
-    st = wait_for(lambda: (s := run.status()).state in (DONE, FAILED) and s, 300, "the run to finish")
+    st = wait_for(lambda: (s := run.status()).state in (DONE, FAILED) and s, 600, "the run to finish")
     assert st.state == DONE, (st, run.train_log.read_text()[-3000:])
     jobs = jobs_in_log(run)
     assert len(jobs) >= 2 and len(set(jobs)) == len(jobs) and st.job_id == jobs[-1]
@@ -357,7 +359,7 @@ def test_a_run_longer_than_its_time_limit_is_resubmitted_until_done(slurm_root: 
         info = wait_for(lambda j=stopped: job_ended(j), 60, f"job {stopped} to end")
         assert (info.state, info.exit_code) == ("FAILED", 143)  # stopped by the TERM before the limit
         assert f"=== slurm job {stopped} " in log and f"submitted a (again, to resume) as Slurm job {nxt}" in log
-    assert [e["step"] for e in run.iter_events("step")] == list(range(1, 401))
+    assert [e["step"] for e in run.iter_events("step")] == list(range(1, steps + 1))
 
 
 def test_a_run_stopped_by_its_time_limit_before_any_checkpoint_is_not_resubmitted(slurm_root: Path) -> None:
