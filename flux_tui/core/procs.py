@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 
-import psutil
+# psutil imports in each function (~20 ms on first use): the dashboard reads a run's pid only when a status
+# says it runs, so a first frame of runs at rest never pays for it.
 
 
 def start_time(pid: int) -> float | None:
     """The process's creation time (seconds since the epoch), or None when there is no such process."""
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
@@ -20,6 +23,8 @@ def is_alive(pid: int | None, started: float | None) -> bool:
     """True when `pid` runs and is the same process that started at `started` (not a reused pid)."""
     if not pid:
         return False
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
