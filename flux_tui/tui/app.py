@@ -8,6 +8,7 @@ open screens subscribe to.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -64,11 +65,13 @@ class FluxApp(App[int]):
         scheduler: Scheduler | None = None,
         watch: bool = True,
         run_queue: bool = True,
+        gc_paused: bool = False,
         **watch_intervals: float,
     ) -> None:
         """`telemetry`: a `Telemetry` (or anything with its `sample()`), "auto" for the machine's, None
         for none. `watch=False` starts no watcher thread (for tests that feed messages themselves);
-        `run_queue=False` watches without starting queued runs (keys still act on the selected run)."""
+        `run_queue=False` watches without starting queued runs (keys still act on the selected run).
+        `gc_paused`: the garbage collector is off for the start (flux_tui.main); on again after the first frame."""
         super().__init__()
         self.study = study
         self.study_file = StudyFile(study)  # the file on disk now: watched, and checked before each launch
@@ -83,6 +86,7 @@ class FluxApp(App[int]):
         self.term_sent: dict[str, float] = {}  # run -> when this dashboard sent it SIGTERM
         self.ready = asyncio.Event()  # set once the first full scan of the run folders has arrived
         self.drawn = asyncio.Event()  # set once the first frame is on the terminal (workers.after_first_frame)
+        self.gc_paused = gc_paused
         self.watcher: Watcher | None = None
         if watch:
             self.watcher = Watcher(
@@ -110,6 +114,11 @@ class FluxApp(App[int]):
         would hold the GIL half the time while that frame is laid out (the frame shows each run's state from
         status.json, read in __init__)."""
         self.drawn.set()
+        if self.gc_paused:  # one collection of what the start left (~40 ms), then the rest is never walked again
+            self.gc_paused = False
+            gc.collect()
+            gc.freeze()
+            gc.enable()
         if self.watcher is not None:
             self.watcher.start()
 
@@ -316,8 +325,10 @@ def reset_outcome(study: Study, name: str) -> Outcome:
                    name)  # fmt: skip
 
 
-def run_dashboard(study: Study) -> int:
-    app = FluxApp(study)
+def run_dashboard(study: Study, gc_paused: bool = False) -> int:
+    """`gc_paused`: flux_tui.main turned the garbage collector off for the start; it comes back on after the
+    first frame."""
+    app = FluxApp(study, gc_paused=gc_paused)
     # The terminal's graphics are asked about before the app reads the terminal (main.py started asking).
     graphics.wait_for_answer()
     from flux_tui.tui.widgets import images
