@@ -3,6 +3,7 @@ sorting and filtering, the live log, gauges, stopping runs, the detail screen, h
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -358,6 +359,22 @@ async def test_the_command_palette_offers_every_key_sorting_and_each_runs_detail
         command = next(c for c in app.get_system_commands(app.screen) if c.title == "Sort by steps")
         command.callback()
         assert matrix(app).sort_column == "steps"
+
+
+async def test_a_dashboard_started_with_the_collector_off_turns_it_on_after_the_first_frame(workspace) -> None:
+    """flux_tui.main turns Python's garbage collector off for the start. Left off, every reference cycle the
+    dashboard makes while it runs (each refresh of a widget) would stay in memory until it quits."""
+    study, _ = workspace
+    gc.disable()
+    try:
+        app = fast_app(study, gc_paused=True)
+        async with app.run_test(size=SIZE):
+            await app.drawn.wait()
+            assert gc.isenabled()
+            assert gc.get_freeze_count() > 10_000  # what the start made is not walked by later collections
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_without_a_graphics_terminal_thumbnails_are_half_cell_blocks() -> None:
