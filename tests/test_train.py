@@ -111,6 +111,10 @@ name = "ctrlc"
 max_train_steps = 40
 checkpointing_steps = 1000
 sample_every = 0
+
+[[experiment]]
+name = "nophoto"
+data_dir = "no_photo"  # holds one file that is not an image
 """
 
 
@@ -125,6 +129,8 @@ def ws(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(demo_workspace / "photos" / "01.jpg", one / "01.jpg")
     (one / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (one / "notes.txt").write_text("not a photo")
+    (root / "no_photo").mkdir()
+    (root / "no_photo" / "a.png").write_bytes(b"garbage")
     (root / "experiments.toml").write_text(STUDY)
     return root
 
@@ -307,6 +313,15 @@ def test_no_usable_photo_fails_with_a_message_that_says_so(tmp_path: Path) -> No
     with pytest.raises(NoImagesError, match=r"no usable training photo in .*photos.*skipped a\.png"):
         prepare_images(tmp_path / "photos", 64, tmp_path / "out", tmp_path / "cache", lines.append)
     assert any("a.png" in line for line in lines)
+
+
+def test_a_run_without_a_usable_photo_fails_saying_so_without_a_traceback(ws: Path) -> None:
+    run = _run(ws, "nophoto")
+    assert _train(run) == 1
+    status = run.status()
+    assert status.state == FAILED and status.message.startswith("no usable training photo in "), status
+    assert "skipped a.png" in status.message
+    assert "Traceback" not in run.train_log.read_text() and "NoImagesError" not in status.message
 
 
 def test_a_loss_that_stops_being_finite_fails_the_run_naming_its_step(ws: Path) -> None:

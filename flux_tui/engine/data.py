@@ -22,13 +22,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from flux_tui.engine.errors import EngineError
 from flux_tui.engine.photos import PhotoError, PhotoFile, decode, describe, load_photo, photo_files
 
 # Bump when the cropping or decoding changes, so cached crops (and the latents made from them) are not reused.
 CROP_VERSION = 2
 
 
-class NoImagesError(Exception):
+class NoImagesError(EngineError):
     """The data folder holds no usable photo."""
 
 

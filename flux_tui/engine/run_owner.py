@@ -38,7 +38,6 @@ from types import TracebackType
 from flux_tui.core import runlock
 from flux_tui.core.launch import run_lock
 from flux_tui.core.runs import CANCELLED, DONE, FAILED, OOM, RunDir, Status
-from flux_tui.engine.data import NoImagesError
 from flux_tui.engine.device import is_oom
 from flux_tui.engine.errors import EngineError
 from flux_tui.engine.imagemeta import TEMP_SUFFIX
@@ -48,9 +47,6 @@ EXIT_DONE, EXIT_FAILED, EXIT_OOM = 0, 1, 3
 EXIT_USAGE = 2  # the input cannot be worked on (not a run folder, nothing to evaluate); nothing was touched
 EXIT_BUSY = 4  # another live process owns the run; nothing was touched
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# Expected failures: their message is the whole story. data.NoImagesError predates EngineError and data.py is
-# being changed elsewhere: once it derives from EngineError it leaves this tuple.
-EXPECTED: tuple[type[BaseException], ...] = (EngineError, NoImagesError)
 
 
 def exit_code_for_signal(signum: int) -> int:
@@ -231,7 +227,7 @@ class OwnedRun:
             traceback.print_exception(exc)
             advice = self.oom_advice(exc) if self.oom_advice else f"out of memory: {exc}"
             return OOM, EXIT_OOM, self._in_stage(advice)
-        if isinstance(exc, EXPECTED):
+        if isinstance(exc, EngineError):  # expected: its message is the whole story
             return FAILED, EXIT_FAILED, self._in_stage(str(exc))
         traceback.print_exception(exc)
         return FAILED, EXIT_FAILED, self._in_stage(f"{type(exc).__name__}: {exc}")
