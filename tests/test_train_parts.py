@@ -6,13 +6,18 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
+from flux_tui.core.runs import RunDir
 from flux_tui.engine.data import face_square, load_rgb
 from flux_tui.engine.faults import Faults, FaultSpecError
+from flux_tui.engine.train_loop import _Progress
 
 
 def test_the_crop_is_the_largest_square_centred_on_the_face_within_the_photo() -> None:
@@ -161,3 +166,23 @@ def test_a_checkpoint_that_does_not_apply_is_set_aside_and_with_none_left_traini
     assert checkpoint.resume(run, refuse, lines.append) is None
     assert run.checkpoints() == [] and len(list(run.checkpoints_dir.glob("checkpoint-*.broken-*"))) == 2
     assert lines[-1] == "train: WARNING: no checkpoint could be restored; training starts again from step 0"
+
+
+def test_the_time_per_step_and_eta_leave_out_the_warm_up_of_the_first_report(tmp_path: Path) -> None:
+    """A trainer process's first step holds torch.compile's wait (minutes for FLUX.1-dev on a GPU) or CUDA's
+    warm-up; in the rolling mean it would inflate the ETA for the next 20 steps. Stand-ins, because a real
+    compile's time is not steady enough to assert on beside other work: the step durations are set on the
+    reporter's clock (a 30 s first step, then 0.5 s steps), and the training is reduced to what the reporter
+    reads of it (the learning rate, the device)."""
+    run = RunDir(tmp_path / "run")
+    training = SimpleNamespace(lr_scheduler=SimpleNamespace(get_last_lr=lambda: [1e-4]), device=torch.device("cpu"))
+    progress = _Progress(run, training, total=100)  # type: ignore[arg-type]
+    for step, seconds in [(1, 30.0), (2, 0.5), (3, 0.5), (4, 0.5)]:
+        progress.add(step, torch.tensor(0.5), torch.tensor(1.0))
+        progress.clock = time.perf_counter() - seconds
+        progress.report()
+    events = list(run.iter_events("step"))
+    assert [e["step"] for e in events] == [1, 2, 3, 4]
+    assert events[0]["sec_per_step"] == pytest.approx(30.0, rel=0.01)
+    assert events[-1]["sec_per_step"] == pytest.approx(0.5, rel=0.02)
+    assert events[-1]["eta_s"] == pytest.approx(0.5 * 96, rel=0.02)

@@ -106,6 +106,7 @@ class _Progress:
         self.every = max(1, total // 20)
         self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # step, lr, loss, grad norm
         self.clock = self.reported = time.perf_counter()
+        self.warmed_up = False
 
     def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.pending.append((step, self.training.lr_scheduler.get_last_lr()[0], loss, grad_norm))
@@ -127,8 +128,12 @@ class _Progress:
         now = time.perf_counter()
         per_step = (now - self.clock) / len(pending)
         self.clock = self.reported = now
-        self.recent.extend([per_step] * len(pending))
-        sec = sum(self.recent) / len(self.recent)
+        if self.warmed_up:
+            self.recent.extend([per_step] * len(pending))
+        self.warmed_up = True
+        # The process's first report stays out of the rolling mean: it holds the warm-up (torch.compile's
+        # wait, CUDA's first kernels), which would otherwise inflate the ETA for the next 20 steps.
+        sec = sum(self.recent) / len(self.recent) if self.recent else per_step
         events = [self._event(step, lr, loss, norm, sec)
                   for (step, lr, _, _), (loss, norm) in zip(pending, values, strict=True)]  # fmt: skip
         finite = list(itertools.takewhile(lambda e: math.isfinite(e["loss"]), events))
