@@ -3,9 +3,9 @@
 This module sits above the wings: it may import both the core and the dashboard, never the engine.
 
 Python's cyclic garbage collector is off while the modules import and, for the dashboard, until its first
-frame is on the terminal. Start-up makes ~120,000 objects that live as long as the process (pydantic's
-validators, Textual's styles); the collector would walk them again and again, ~10% of the time to the first
-frame (bench/tui_load.py). A command turns it back on before it runs. The dashboard collects once after its
+frame is on the terminal. Start-up makes ~120,000 objects the collector tracks, ~70,000 of which live as long
+as the process (pydantic's validators, Textual's styles); it would walk them ~180 times, ~10% of the time to
+the first frame (bench/tui_load.py). A command turns it back on before it runs. The dashboard collects once after its
 first frame and freezes what is left (`gc.freeze`), so later collections no longer walk the start-up objects.
 """
 
