@@ -5,8 +5,8 @@ This module sits above the wings: it may import both the core and the dashboard,
 Python's cyclic garbage collector is off while the modules import and, for the dashboard, until its first
 frame is on the terminal. Start-up makes ~120,000 objects the collector tracks, ~70,000 of which live as long
 as the process (pydantic's validators, Textual's styles); it would walk them ~180 times, ~10% of the time to
-the first frame (bench/tui_load.py). A command turns it back on before it runs. The dashboard collects once after its
-first frame and freezes what is left (`gc.freeze`), so later collections no longer walk the start-up objects.
+the first frame (bench/tui_load.py). A command turns it back on before it runs. The dashboard collects once
+after its first frame and freezes what is left (`gc.freeze`), so later collections skip the start-up objects.
 """
 
 from __future__ import annotations
