@@ -1,13 +1,15 @@
 """Dashboard speed: time to the first frame, and event-loop lag and memory while 8 runs write 1,000 log lines
 a second each.
 
-    python bench/tui_load.py [--seconds 20] [--starts 5] [--first-frame-only]
+    python bench/tui_load.py [--seconds 20] [--starts 5] [--first-frame-only] [--compile]
 
 Takes about 30 s (5 starts, then 20 s of load).
 
 First frame: `python -m flux_tui FILE` in a 160x45 pseudo-terminal, from the moment the process is spawned
 until the matrix's first row is drawn. The harness answers the terminal queries textual-image sends at import
 (device attributes, cell size) the way tmux or xterm do; without an answer each query waits for its timeout.
+Whether flux_tui's modules have current bytecode is printed first: without it each start compiles them (~50 ms
+here), which is every start where PYTHONDONTWRITEBYTECODE is set. `--compile` writes it first, as `make` does.
 
 Load: the app in this process (Textual's headless driver, which still lays out and renders every frame), a
 study of 8 runs, 8 writer processes appending 1,000 lines/s each to their train.log (plus a step event every
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 import psutil
-from code_under_test import describe
+from code_under_test import bytecode, describe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,11 +185,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--rate", type=int, default=1000, help="log lines a second per run")
     parser.add_argument("--first-frame-only", action="store_true", help="time the starts, skip the load part")
+    parser.add_argument("--compile", action="store_true",
+                        help="write the code under test's bytecode first, as `make` does at install")  # fmt: skip
     args = parser.parse_args()
     print(
         f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; Python {sys.version.split()[0]}"
     )
     print(describe())
+    print(bytecode(compile_first=args.compile))
     with tempfile.TemporaryDirectory(prefix="flux-tui-bench-") as tmp:
         file = make_workspace(Path(tmp) / "start", 11)
         frames = [first_frame(file) for _ in range(args.starts)]
