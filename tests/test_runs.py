@@ -271,3 +271,11 @@ def test_a_live_run_whose_status_is_lost_reads_running_from_its_lock(study: conf
         owner.wait()
     run.status_json.unlink()
     assert run.status().state == runs.DAMAGED  # the lock is free: nothing runs it, and its events say it ran
+
+
+def test_a_trained_run_being_evaluated_shows_its_training_time() -> None:
+    training = dict(started_at=1000.0, finished_at=1600.0)
+    evaluating = runs.Status(state=runs.RUNNING, **training, evaluation={"state": runs.RUNNING, "started_at": 9000.0})
+    assert runs.elapsed(evaluating, now=9500.0) == 600.0
+    training_again = runs.Status(state=runs.RUNNING, started_at=9000.0)  # a training under way: its time so far
+    assert runs.elapsed(training_again, now=9500.0) == 500.0

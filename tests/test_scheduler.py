@@ -269,6 +269,27 @@ def test_a_process_that_dies_without_a_word_is_failed_with_its_exit_code(
     assert st.exit_code == 3 and "code 3" in st.message
 
 
+def test_a_trained_run_relaunched_keeps_its_training_record_when_its_evaluation_dies_without_a_word(
+    tmp_path: Path, standin: Path, monkeypatch
+) -> None:
+    """A run whose LoRA is trained (its evaluation failed before) is only evaluated when launched: the launch
+    and its end, recorded by the supervisor here, go under `evaluation`; the top stays the training's."""
+    monkeypatch.setenv("STANDIN_CRASH", "3")
+    study = make_study(tmp_path)
+    run = write_run(study, "exp01", "failed", message="evaluation failed (the LoRA is kept): no CLIP")
+    run.lora_file.parent.mkdir(parents=True, exist_ok=True)
+    run.lora_file.write_bytes(b"a trained LoRA")
+    before = run.status()
+    s = Scheduler(study)
+    s.submit("exp01")
+    st = wait_for(lambda: (s.reconcile(), run.status())[1].state == FAILED and run.status().evaluation and run.status())
+    assert (st.started_at, st.finished_at, st.device) == (before.started_at, before.finished_at, before.device)
+    assert st.exit_code == 3 and "code 3" in st.message
+    ev = st.evaluation
+    assert ev["state"] == FAILED and ev["exit_code"] == 3 and "code 3" in ev["message"]
+    assert ev["started_at"] > before.finished_at and ev["finished_at"] >= ev["started_at"]
+
+
 def test_a_run_whose_process_vanished_is_failed_on_reconcile(tmp_path: Path) -> None:
     study = make_study(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

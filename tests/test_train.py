@@ -366,7 +366,9 @@ def test_ctrl_c_in_flux_tui_run_checkpoints_and_cancels(ws: Path) -> None:
     assert "=== launched" in run.train_log.read_text()  # the run's output went to its log
 
 
-def test_an_evaluation_failure_fails_the_run_and_keeps_the_lora(ws: Path) -> None:
+def test_an_evaluation_failure_fails_the_run_and_keeps_the_lora_and_a_relaunch_only_evaluates(
+    ws: Path, demo_workspace: Path
+) -> None:
     run = _run(ws, "evalfail")
     proc = launch.start(run)  # with evaluation
     assert proc.wait(timeout=240) == 1
@@ -376,3 +378,19 @@ def test_an_evaluation_failure_fails_the_run_and_keeps_the_lora(ws: Path) -> Non
     assert "no-such-clip" in status.message
     assert run.lora_file.exists()
     assert status.log_tail
+    training = (status.started_at, status.finished_at, status.device)
+    lora = run.lora_file.read_bytes()
+
+    # The missing CLIP arrives where the study file says; a relaunch evaluates the trained LoRA, and the run's
+    # record stays its training's, as with `flux-tui evaluate`: the evaluation's own is beside it.
+    shutil.copytree(demo_workspace / "models" / "tiny-clip", ws / "models" / "no-such-clip")
+    proc = launch.start(_run(ws, "evalfail"))
+    assert proc.wait(timeout=240) == 0, run.train_log.read_text()[-3000:]
+    status = run.status()
+    assert (status.state, status.exit_code, status.message) == (DONE, 0, "trained and evaluated")
+    assert (status.started_at, status.finished_at, status.device) == training
+    ev = status.evaluation
+    assert (ev["state"], ev["stage"], ev["exit_code"], ev["device"]) == (DONE, "score", 0, "cpu")
+    assert training[1] <= ev["started_at"] <= ev["finished_at"]
+    assert run.lora_file.read_bytes() == lora and run.scores_json.exists()
+    assert "only evaluating it" in run.train_log.read_text()

@@ -154,8 +154,7 @@ def _foreground(
 def record_started(run: RunDir, pid: int, device: str | None) -> None:
     """status.json names the trainer `pid` (its own session, so its pgid is its pid) as the run's owner at
     once, so a dashboard that looks now already sees the run as its owner's."""
-    run.write_status(
+    run.write_status(**run.launch_changes(
         state=RUNNING, stage="starting", pid=pid, pgid=pid, process_start=procs.start_time(pid),
-        host=socket.gethostname(), started_at=time.time(), finished_at=None, exit_code=None, message="",
-        log_tail=[], device=device, executor=LOCAL, job_id=None, stop_signal=None, queued_from=None,
-    )  # fmt: skip
+        host=socket.gethostname(), device=device, executor=LOCAL, job_id=None, stop_signal=None, queued_from=None,
+    ))  # fmt: skip

@@ -5,8 +5,9 @@ the dashboard and the CLI only read them, and rebuild everything from disk after
 
 status.json: `state`, `stage`, `exit_code`, `message` and `log_tail` say where the run is and why (the outcome
 of the last process that owned it; `pid`, `pgid`, `process_start`, `host` name that process). `started_at`,
-`finished_at` and `device` are the training's. A standalone evaluation (`flux-tui evaluate`, the ablation)
-leaves those alone and records its own times, device, state, exit code and message under `evaluation`; a
+`finished_at` and `device` are the training's. An evaluation (`flux-tui evaluate`, the ablation, or a launch
+of a trained run whose evaluation failed or was stopped: `is_trained`) leaves those alone and records its
+own times, device, state, exit code and message under `evaluation`; a
 run without a training of its own (an ablation pseudo-run) shows the evaluation's times at the top too.
 
     runs/<name>/
@@ -315,6 +316,26 @@ class RunDir:
             return False
         return (status.evaluation or {}).get("started_at") != status.started_at
 
+    def is_trained(self, status: Status) -> bool:
+        """Whether a process that starts on the run now only evaluates it: its LoRA is there and the top of
+        status.json is the training that made it (a relaunch after a failed or stopped evaluation)."""
+        return self.lora_file.exists() and self.has_training_record(status)
+
+    def launch_changes(self, **started: Any) -> dict[str, Any]:
+        """What a launcher (the local one, a Slurm job as it starts) writes to status.json for the process it
+        starts, from `started` (state, stage, pid, host, device...): the launch's time, no outcome yet. A
+        trained run is only evaluated (`is_trained`): its training's times, device and message stay, and the
+        launch is recorded under `evaluation`, as a standalone evaluation's is."""
+        now = time.time()
+        changes = {"started_at": now, "finished_at": None, "exit_code": None, "message": "", "log_tail": [],
+                   **started}  # fmt: skip
+        if not self.is_trained(self.status()):
+            return changes
+        record = {"state": RUNNING, "stage": changes.get("stage"), "pid": changes.get("pid"), "started_at": now,
+                  "finished_at": None, "device": changes.get("device"), "exit_code": None, "message": ""}  # fmt: skip
+        training = ("started_at", "finished_at", "device", "message")
+        return {**{k: v for k, v in changes.items() if k not in training}, "evaluation": record}
+
     def mark_evaluation_started(self, stage: str, pid: int | None = None, device: str | None = None) -> Status:
         """A standalone evaluation takes the run: running at `stage` with its pid (what every reader checks),
         its own record under `evaluation`, the training's times, device and message kept."""
@@ -335,29 +356,36 @@ class RunDir:
                                  keep_message: bool = False) -> Status:  # fmt: skip
         """The evaluation's outcome: the run's state, exit code and (unless it is done and `keep_message`)
         message; its record under `evaluation`. The training's times and device stay."""
-        now = time.time()
-        current = self.status()
-        trained = self.has_training_record(current)
-        record = {**(current.evaluation or {}), "state": state, "stage": current.stage, "finished_at": now,
-                  "exit_code": exit_code, "message": message}  # fmt: skip
-        changes: dict[str, Any] = dict(
-            state=state, exit_code=exit_code, evaluation=record,
-            log_tail=self.log_tail(20) if state in (FAILED, OOM) else [],
-        )  # fmt: skip
-        if not trained:
-            changes.update(finished_at=now, message=message)
-        elif state != DONE or not keep_message:
-            changes["message"] = message
-        return self.write_status(**changes)
+        return self.write_status(**self._as_evaluation_end(self._end(state, message, exit_code), keep_message))
+
+    def mark_ended(self, state: str, message: str = "", exit_code: int | None = None) -> Status:
+        """How a run's process ended, recorded by someone other than that process (its supervisor, a reader
+        that finds it gone): an evaluation's end under `evaluation`, the training's record kept."""
+        return self.write_status(**self.end_changes(self._end(state, message, exit_code)))
 
     def mark_finished(self, state: str, message: str = "", exit_code: int | None = None) -> Status:
-        return self.write_status(
-            state=state,
-            finished_at=time.time(),
-            exit_code=exit_code,
-            message=message,
-            log_tail=self.log_tail(20) if state in (FAILED, OOM) else [],
-        )
+        return self.write_status(**self._end(state, message, exit_code))
+
+    def _end(self, state: str, message: str, exit_code: int | None) -> dict[str, Any]:
+        return {"state": state, "finished_at": time.time(), "exit_code": exit_code, "message": message,
+                "log_tail": self.log_tail(20) if state in (FAILED, OOM) else []}  # fmt: skip
+
+    def end_changes(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """`changes` that record a process's end (state, finished_at, message...), as an evaluation's end
+        when the run is being evaluated (a Slurm job's end is written this way)."""
+        return self._as_evaluation_end(changes) if self.status().evaluating else changes
+
+    def _as_evaluation_end(self, changes: dict[str, Any], keep_message: bool = False) -> dict[str, Any]:
+        current = self.status()
+        record = {**(current.evaluation or {}), "state": changes["state"], "stage": current.stage,
+                  "finished_at": changes["finished_at"], "exit_code": changes.get("exit_code"),
+                  "message": changes.get("message", "")}  # fmt: skip
+        out = {**changes, "evaluation": record}
+        if self.has_training_record(current):  # the top stays the training's: its end, and a done one's message
+            del out["finished_at"]
+            if changes["state"] == DONE and keep_message:
+                out.pop("message", None)
+        return out
 
     def is_process_alive(self, status: Status | None = None) -> bool:
         status = status or self.status()
@@ -378,13 +406,12 @@ class RunDir:
         if status.damage:
             return status
         if status.state == RUNNING and not self.is_process_alive(status) and not self.is_owned():
-            finish = self.mark_evaluation_finished if status.evaluating else self.mark_finished
             if status.stop_signal:
-                return finish(
+                return self.mark_ended(
                     CANCELLED, f"killed with {status.stop_signal} on request; work since the last checkpoint is lost"
                 )
             where = status.stage or "running"
-            return finish(FAILED, f"process {status.pid} vanished while {where} (killed or crashed)")
+            return self.mark_ended(FAILED, f"process {status.pid} vanished while {where} (killed or crashed)")
         return status
 
     # -- events, logs, results
@@ -618,5 +645,6 @@ class DamagedRunError(LaunchError):
 def elapsed(status: Status, now: float | None = None) -> float | None:
     if status.started_at is None:
         return None
-    end = status.finished_at if status.state in FINISHED and status.finished_at else (now or time.time())
+    ended = status.state in FINISHED or status.evaluating  # a trained run's evaluation: the training's time
+    end = status.finished_at if ended and status.finished_at else (now or time.time())
     return max(0.0, end - status.started_at)

@@ -121,11 +121,12 @@ class Scheduler:
         except runs.LaunchError as exc:
             return Outcome(False, str(exc), name)
         ckpt = run.latest_checkpoint()
-        # queued_at orders the queue; "run next" puts the run just before the earliest queued one.
+        # queued_at orders the queue; "run next" puts the run just before the earliest queued one. A trained
+        # run waits to be evaluated: its training's end stays.
         run.write_status(
             state=QUEUED, stage=None, queued_at=at if at is not None else time.time(), pid=None, pgid=None,
-            process_start=None, finished_at=None, exit_code=None, log_tail=[], job_id=None, stop_signal=None,
-            job_state=None, job_reason=None,
+            process_start=None, exit_code=None, log_tail=[], job_id=None, stop_signal=None,
+            job_state=None, job_reason=None, **({} if run.is_trained(st) else {"finished_at": None}),
             queued_from=st.queued_from if st.state == QUEUED else st.state,
             message=f"will resume from {ckpt.name}" if ckpt else "waiting for a free slot",
         )  # fmt: skip

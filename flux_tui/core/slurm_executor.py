@@ -171,7 +171,7 @@ class SlurmExecutor(Executor):
     def _fold(self, run: RunDir, st: Status, info: JobInfo) -> Status:
         own = self.own_job is not None and job_of(st) == self.own_job  # ending: its trainer is gone
         if not own and (info.pending or info.running):
-            changes = _alive(st, info)
+            changes = _alive(run, st, info)
         elif st.state == QUEUED:
             changes = _never_started(run, st, info, own)
         elif st.state == RUNNING:
@@ -217,7 +217,7 @@ class SlurmExecutor(Executor):
 # -- what to write, given the folder and Slurm's answer (None: nothing) --------------------------------
 
 
-def _alive(st: Status, info: JobInfo) -> dict[str, Any] | None:
+def _alive(run: RunDir, st: Status, info: JobInfo) -> dict[str, Any] | None:
     """The job is pending or running in Slurm."""
     job = job_of(st)
     if info.pending and st.state in (RUNNING, CANCELLED):  # Slurm requeued it (node failure, preemption)
@@ -232,11 +232,8 @@ def _alive(st: Status, info: JobInfo) -> dict[str, Any] | None:
             return None
         return {"job_state": info.state, "job_reason": info.reason, "message": message}
     if info.running and st.state == QUEUED:  # started; its trainer has not said so yet
-        return {
-            "state": RUNNING, "stage": "starting", "host": info.node, "started_at": time.time(),
-            "finished_at": None, "exit_code": None, "job_state": info.state, "job_reason": None,
-            "message": "",
-        }  # fmt: skip
+        return run.launch_changes(state=RUNNING, stage="starting", host=info.node, job_state=info.state,
+                                  job_reason=None)  # fmt: skip
     if info.running and st.state == RUNNING and st.job_state != info.state:
         return {"job_state": info.state, "job_reason": None}
     return None  # running, or a stopped trainer's job in its queue step: that step decides
@@ -255,8 +252,8 @@ def _ended(info: JobInfo, own: bool) -> tuple[str, bool]:
 
 def _finished(run: RunDir, state: str, message: str, job_state: str, **more: Any) -> dict[str, Any]:
     tail = run.log_tail(20) if state in (FAILED, OOM) else []
-    return {"state": state, "finished_at": time.time(), "message": message, "log_tail": tail,
-            "job_state": job_state, "job_reason": None, **more}  # fmt: skip
+    return run.end_changes({"state": state, "finished_at": time.time(), "message": message, "log_tail": tail,
+                            "job_state": job_state, "job_reason": None, **more})  # fmt: skip
 
 
 def _never_started(run: RunDir, st: Status, info: JobInfo, own: bool) -> dict[str, Any]:
@@ -330,7 +327,7 @@ def _resubmit(run: RunDir, st: Status) -> dict[str, Any] | None:
     return {
         "state": QUEUED, "stage": None, "job_id": None, "job_state": None, "job_reason": None, "pid": None,
         "pgid": None, "process_start": None, "queued_at": st.queued_at or time.time(),
-        "queued_from": CANCELLED, "finished_at": None,
+        "queued_from": CANCELLED, **({} if run.is_trained(st) else {"finished_at": None}),
         "message": f"stopped by Slurm's TERM (its time limit); queued again: it {resume}",
         "log_tail": [],
     }  # fmt: skip

@@ -47,9 +47,9 @@ def record_end(run: RunDir, job: str | None, pid: int, code: int) -> Status:
             return st
         if pid == 0:  # the script ended before it started the trainer: a setup line failed
             why = f"Slurm job {job} ended before its trainer started: its setup lines exited with {code}"
-            return run.mark_finished(FAILED, f"{why}; see train.log", code)
+            return run.mark_ended(FAILED, f"{why}; see train.log", code)
         state, message, exit_code = describe_exit(-(code - 128) if code > 128 else code, st.stop_signal)
-        return run.mark_finished(state, message, exit_code)
+        return run.mark_ended(state, message, exit_code)
 
 
 def advance(run: RunDir, job: str | None) -> list[str]:

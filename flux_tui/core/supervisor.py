@@ -57,7 +57,7 @@ def record_exit(run: RunDir, pid: int, returncode: int) -> Status:
         if status.state != RUNNING or status.pid != pid:
             return status  # it said how it ended (done, failed, cancelled, oom)
         state, message, code = describe_exit(returncode, status.stop_signal)
-        return run.mark_finished(state, message, code)
+        return run.mark_ended(state, message, code)
 
 
 def exit_code(returncode: int) -> int:
@@ -116,11 +116,11 @@ def _start_trainer(run: RunDir, args: argparse.Namespace, lock_fd: int) -> subpr
         args.command, stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=run.path,
         pass_fds=(lock_fd,),
     )  # fmt: skip
-    run.write_status(
+    run.write_status(**run.launch_changes(
         state=RUNNING, stage="starting", pid=proc.pid, pgid=proc.pid, process_start=procs.start_time(proc.pid),
-        host=socket.gethostname(), started_at=time.time(), finished_at=None, exit_code=None, message="",
-        log_tail=[], device=args.device, executor=LOCAL, job_id=None, stop_signal=None, queued_from=None,
-    )  # fmt: skip
+        host=socket.gethostname(), device=args.device, executor=LOCAL, job_id=None, stop_signal=None,
+        queued_from=None,
+    ))  # fmt: skip
     return proc
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 proc = _start_trainer(run, args, lock_fd)
             except OSError as exc:
-                run.mark_finished(FAILED, f"could not start the trainer: {exc}")
+                run.mark_ended(FAILED, f"could not start the trainer: {exc}")
                 _answer(ready_fd, f"error: run {run.name!r}: could not start the trainer: {exc}")
                 return 1
             forward.attach(proc.pid)

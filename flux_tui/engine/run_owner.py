@@ -9,8 +9,8 @@ Entering it, the process
     handed down, or its own. When another process holds it, it raises `RunBusy` (a `NotOwned`, exit 4)
     naming that pid, before touching anything. The lock, not status.json, decides: status.json can be damaged, and after a crash
     it may still name a process on another machine (a Slurm job requeued elsewhere must not be refused);
-  - marks the run running at `stage` (a standalone evaluation keeps the run's training record and writes
-    its own under `evaluation`: `RunDir.mark_evaluation_started`);
+  - marks the run running at `stage` (an evaluation, standalone or the relaunch of a trained run, keeps the
+    run's training record and writes its own under `evaluation`: `RunDir.mark_evaluation_started`);
   - removes the half-written images (`.<name>.png.tmp`) that a killed owner left under samples/;
   - installs its handlers for SIGTERM, SIGINT and SIGHUP (before marking the run: a stop while it takes the
     run ends it `cancelled` and raises `NotOwned` with the exit code): a signal raises `Cancelled` at once,
@@ -128,11 +128,13 @@ class StopSignals:
 class OwnedRun:
     """The ownership of one run by this process, for the length of a `with` block (see the module doc)."""
 
-    def __init__(self, run: RunDir, stage: str, *, evaluation: bool = False, resumable: bool = False,
+    def __init__(self, run: RunDir, stage: str, *, evaluation: bool | None = False, resumable: bool = False,
                  device: str | None = None) -> None:  # fmt: skip
         self.run = run
         self.stage = stage
-        self.evaluation = evaluation  # a standalone evaluation: the training record stays
+        # An evaluation keeps the training record. None: decided when the run is taken (the trainer's: a trained
+        # run, relaunched after its evaluation failed or was stopped, is only evaluated; RunDir.is_trained).
+        self.evaluation = evaluation
         self.resumable = resumable  # a cancelled run resumes from its newest checkpoint when relaunched
         self.device = device
         self.signals = StopSignals()
@@ -162,6 +164,8 @@ class OwnedRun:
         try:
             with run_lock(self.run):  # a launcher writes the run's first status under it: wait for that
                 self._before = self.run.status()
+                if self.evaluation is None:
+                    self.evaluation = self.run.is_trained(self._before)
                 self._mark_started()
         except BaseException:
             self.signals.restore()
@@ -256,7 +260,7 @@ class OwnedRun:
             self._lock = None
 
 
-def owned_run(run: RunDir, stage: str, *, evaluation: bool = False, resumable: bool = False,
+def owned_run(run: RunDir, stage: str, *, evaluation: bool | None = False, resumable: bool = False,
               device: str | None = None) -> OwnedRun:  # fmt: skip
     """This process owns `run` for the `with` block; see the module doc. Raises NotOwned on entering when
     the block cannot run (RunBusy: another process owns the run)."""

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: {run.run_json} not found: not a run folder", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with owned_run(run, "prepare", resumable=True) as owner:
+        with owned_run(run, "prepare", resumable=True, evaluation=None) as owner:  # None: trained, only evaluated
             owner.done_message = execute(run, owner, with_eval=not args.no_eval)
     except NotOwned as exc:  # another process owns the run, or a stop came while taking it
         print(f"train: {exc}", file=sys.stderr)
