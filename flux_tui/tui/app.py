@@ -27,7 +27,7 @@ from flux_tui.core.runs import QUEUED, RUNNING, run_dir
 from flux_tui.core.scheduler import Outcome, Scheduler
 from flux_tui.core.studyfile import StudyFile
 from flux_tui.core.telemetry import Sample, Telemetry
-from flux_tui.tui import graphics
+from flux_tui.tui import graphics, terminal_watch
 from flux_tui.tui.feeds import LiveFeeds
 from flux_tui.tui.messages import (
     LogLines,
@@ -335,6 +335,9 @@ def run_dashboard(study: Study, gc_paused: bool = False) -> int:
 
     if not images.textual_image_can_be_told():  # a textual-image we cannot hand the answers to: let it ask now
         images.load_image_support()
+    if (fd := terminal_watch.terminal_fd()) is not None:  # a thread of its own: Textual's loop may wait for ever
+        terminal_watch.watch(fd, lambda: append_log(app.log_file, "the terminal hung up (its connection dropped): "
+                             "the dashboard ended; runs and the queue go on without it"))  # fmt: skip
     app.run()
     app.scheduler.tick()  # what was queued in the last second starts now, not only when a run ends
     print(app.farewell())
