@@ -281,7 +281,7 @@ def test_a_trained_run_relaunched_keeps_its_training_record_when_its_evaluation_
     run.lora_file.write_bytes(b"a trained LoRA")
     before = run.status()
     s = Scheduler(study)
-    s.submit("exp01")
+    assert s.submit("exp01").message.startswith("exp01 evaluating its trained LoRA on cpu (pid ")
     st = wait_for(lambda: (s.reconcile(), run.status())[1].state == FAILED and run.status().evaluation and run.status())
     assert (st.started_at, st.finished_at, st.device) == (before.started_at, before.finished_at, before.device)
     assert st.exit_code == 3 and "code 3" in st.message

@@ -120,17 +120,19 @@ class Scheduler:
             run = runs.prepare(self.study, exp)
         except runs.LaunchError as exc:
             return Outcome(False, str(exc), name)
-        ckpt = run.latest_checkpoint()
+        trained, ckpt = run.is_trained(st), run.latest_checkpoint()
+        then = ("will be evaluated (its LoRA is trained)" if trained
+                else f"will resume from {ckpt.name}" if ckpt else "")  # fmt: skip
         # queued_at orders the queue; "run next" puts the run just before the earliest queued one. A trained
         # run waits to be evaluated: its training's end stays.
         run.write_status(
             state=QUEUED, stage=None, queued_at=at if at is not None else time.time(), pid=None, pgid=None,
             process_start=None, exit_code=None, log_tail=[], job_id=None, stop_signal=None,
-            job_state=None, job_reason=None, **({} if run.is_trained(st) else {"finished_at": None}),
+            job_state=None, job_reason=None, **({} if trained else {"finished_at": None}),
             queued_from=st.queued_from if st.state == QUEUED else st.state,
-            message=f"will resume from {ckpt.name}" if ckpt else "waiting for a free slot",
+            message=then or "waiting for a free slot",
         )  # fmt: skip
-        return Outcome(True, f"{name} queued" + (f", will resume from {ckpt.name}" if ckpt else ""), name)
+        return Outcome(True, f"{name} queued" + (f", {then}" if then else ""), name)
 
     def queue_all(self) -> list[Outcome]:
         """Queue every run of the study that is not done, running or queued yet."""
@@ -144,13 +146,14 @@ class Scheduler:
         if not result.ok:
             return result
         if name in self.tick():
-            st = self.run(name).status()
-            ckpt = self.run(name).latest_checkpoint()
+            run = self.run(name)
+            st, ckpt, trained = run.status(), run.latest_checkpoint(), run.lora_file.exists()
             if st.job_id:
-                how = f", to resume from {ckpt.name}" if ckpt else ""
+                how = ", to evaluate its trained LoRA" if trained else f", to resume from {ckpt.name}" if ckpt else ""
                 return Outcome(True, f"{name} submitted to Slurm as job {st.job_id}{how}", name)
-            how = f"resumed from {ckpt.name}" if ckpt else "started"
-            return Outcome(True, f"{name} {how} on {st.device or 'cpu'} (pid {st.pid})", name)
+            device = (st.evaluation or {}).get("device") if st.evaluating else st.device
+            how = "evaluating its trained LoRA" if trained else f"resumed from {ckpt.name}" if ckpt else "started"
+            return Outcome(True, f"{name} {how} on {device or 'cpu'} (pid {st.pid})", name)
         st = self.run(name).status()
         if st.state == QUEUED:
             return Outcome(True, f"{name} is next in the queue: every slot is busy", name)

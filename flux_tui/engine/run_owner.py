@@ -239,7 +239,10 @@ class OwnedRun:
     def _cancel_message(self, signum: int, step: int | None) -> str:
         where = f" at step {step}" if step else ""
         ckpt = self.run.latest_checkpoint() if self.resumable else None
-        resume = f"; relaunch to resume from {ckpt.name}" if ckpt else ""
+        if self.resumable and self.run.lora_file.exists():  # stopped while evaluating: a relaunch only evaluates
+            resume = "; relaunch to evaluate it (its LoRA is kept)"
+        else:
+            resume = f"; relaunch to resume from {ckpt.name}" if ckpt else ""
         return f"stopped by {signal.Signals(signum).name}{where}{resume}"
 
     def _in_stage(self, message: str) -> str:
