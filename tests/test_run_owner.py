@@ -143,6 +143,26 @@ def test_sigterm_cancels_an_evaluation_with_128_plus_the_signal(study: config.St
 
 
 @pytest.mark.slow
+def test_the_trainer_on_a_trained_run_only_evaluates_it_and_a_stop_says_a_relaunch_evaluates(study: config.Study,
+                                                                                            tmp_path: Path) -> None:  # fmt: skip
+    """What a relaunch of a trained run starts: the trainer takes it as an evaluation (the training record
+    stays, its own goes under `evaluation`), and a stop while it generates says what a relaunch will do."""
+    run = _grid(study, 100)
+    training = _trained(run)
+    before = _images_made(run)
+    proc = engine("train", str(run.path), tmp=tmp_path)
+    wait_for(lambda: _images_made(run) > before, proc)  # generating: the run's handlers are in place
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "only evaluating it" in out + err
+    st = run.status()
+    assert (st.state, st.message) == (CANCELLED, "stopped by SIGTERM; relaunch to evaluate it (its LoRA is kept)")
+    assert (st.evaluation["state"], st.evaluation["stage"], st.evaluation["device"]) == (CANCELLED, "generate", "cpu")
+    assert _training_record(run) == training
+
+
+@pytest.mark.slow
 def test_a_killed_evaluation_keeps_the_training_record_and_the_next_start_cleans_up(study: config.Study,
                                                                                       tmp_path: Path) -> None:  # fmt: skip
     run = _grid(study, 100)
